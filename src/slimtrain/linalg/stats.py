@@ -17,7 +17,7 @@ __all__ = ["GramStats", "gram_statistics"]
 
 
 class GramStats(NamedTuple):
-    """Unscaled sums over the rows of one batch, ``Z`` of shape ``(n_rows, p)``, ``C`` ``(n_rows, t)``.
+    """Unscaled sums over the rows of a batch, ``Z`` ``(n_rows, p)`` and ``C`` ``(n_rows, t)``.
 
     Attributes
     ----------
@@ -39,8 +39,8 @@ class GramStats(NamedTuple):
     n_samples: int
     n_rows: int
 
-    def __add__(self, other: object) -> GramStats:  # type: ignore[override]
-        """Sum of the statistics of two disjoint sets of rows (NamedTuple ``+`` would concatenate)."""
+    def __add__(self, other: object) -> GramStats:
+        """Statistics of the union of two disjoint row sets (not tuple concatenation)."""
         if not isinstance(other, GramStats):
             return NotImplemented
         return GramStats(

@@ -1,0 +1,40 @@
+"""Input checks shared by the public entry points; each message says what was found and what
+is expected."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_tensor", "check_finite", "check_same_device"]
+
+
+def check_tensor(name: str, x: object, ndim: int | None = None, floating: bool = True) -> Tensor:
+    """Check that ``x`` is a tensor of the given rank and, by default, floating point."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, found {type(x).__name__}")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, found {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(
+            f"{name} must have {ndim} dimensions, found shape {tuple(x.shape)} ({x.ndim} dims)"
+        )
+    return x
+
+
+def check_finite(name: str, x: Tensor) -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or Inf, with their count."""
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(
+            f"{name} must be finite, found {bad} NaN or Inf value(s) out of {x.numel()}"
+        )
+
+
+def check_same_device(**tensors: Tensor) -> None:
+    """Raise ``ValueError`` unless every tensor lives on one device."""
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        found = ", ".join(f"{k} on {v}" for k, v in devices.items())
+        raise ValueError(f"expected all tensors on one device, found {found}")

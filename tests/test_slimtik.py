@@ -1,0 +1,379 @@
+"""slimTik against independent references: whole-data Tikhonov solves, brute-force sGCV."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from slimtrain import SlimTik, SlimTikStatus
+from slimtrain.linalg import (
+    SlimTikConfig,
+    candidate_grid,
+    gram_statistics,
+    initial_state,
+    select_lambda_sgcv,
+    sgcv_terms,
+    sgcv_values,
+    slimtik_update,
+)
+
+f64 = torch.float64
+
+
+def _batches(gen: torch.Generator, p: int, t: int, sizes: list[int], noise: float = 0.1):
+    W_true = torch.randn(t, p, generator=gen, dtype=f64)
+    out = []
+    for n in sizes:
+        Z = torch.randn(n, p, generator=gen, dtype=f64) * torch.linspace(0.2, 3.0, p, dtype=f64)
+        C = Z @ W_true.T + noise * torch.randn(n, t, generator=gen, dtype=f64)
+        out.append((Z, C))
+    return out
+
+
+def _reference_tikhonov(batches, reduction, lambda0, lambda_k, W0):
+    """Solve min sum 1/2||Zs W^T - Cs||^2 + L0/2||W - W0||^2 + (Lk - L0)/2 ||W||^2 directly."""
+    p = W0.shape[1]
+    scaled = []
+    for Z, C in batches:
+        c = 1.0 / math.sqrt(Z.shape[0]) if reduction == "mean" else 1.0
+        scaled.append((Z * c, C * c))
+    A = torch.cat([z for z, _ in scaled])
+    B = torch.cat([c for _, c in scaled])
+    extra = lambda_k - lambda0
+    if extra >= 0:
+        # Stacked least squares [A; sqrt(L0) I; sqrt(Lk - L0) I] W^T = [B; sqrt(L0) W0^T; 0].
+        eye = torch.eye(p, dtype=f64)
+        A_st = torch.cat([A, math.sqrt(lambda0) * eye, math.sqrt(extra) * eye])
+        B_st = torch.cat([B, math.sqrt(lambda0) * W0.T, torch.zeros_like(W0.T)])
+        return torch.linalg.lstsq(A_st, B_st, driver="gelsd").solution.T
+    # Normal equations when the increments sum to a negative number.
+    lhs = A.T @ A + lambda_k * torch.eye(p, dtype=f64)
+    rhs = A.T @ B + lambda0 * W0.T
+    return torch.linalg.solve(lhs, rhs).T
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize(("p", "t", "sizes"), [(4, 1, [7, 9, 3]), (12, 3, [20, 20, 20, 5]),
+                                               (30, 5, [16, 40, 25, 11, 8])])
+@pytest.mark.parametrize("schedule", ["positive", "mixed", "sgcv"])
+def test_full_memory_equals_whole_data_tikhonov(reduction, p, t, sizes, schedule):
+    gen = torch.Generator().manual_seed(p * 100 + t)
+    batches = _batches(gen, p, t, sizes)
+    lambda0 = 0.3
+    solver = SlimTik(memory_depth=len(sizes), initial_lambda=lambda0, reduction=reduction,
+                     lower=1e-6)
+    W0 = torch.randn(t, p, generator=gen, dtype=f64)
+    W = W0.clone()
+    lams = {"positive": [0.5, 0.01, 2.0, 0.1, 0.7],
+            "mixed": [0.8, -0.5, 0.2, -0.4, 1.0]}.get(schedule)
+    for k, (Z, C) in enumerate(batches):
+        lam = None if lams is None else lams[k]
+        W, info = solver.step(W, Z, C, lam=lam)
+        ref = _reference_tikhonov(batches[: k + 1], reduction, lambda0, info.sum_lambda, W0)
+        torch.testing.assert_close(W, ref, rtol=1e-8, atol=1e-9)
+    if lams is not None:
+        assert solver.sum_lambda == pytest.approx(lambda0 + sum(lams[: len(sizes)]))
+
+
+def test_constant_rule_accumulates_initial_lambda():
+    gen = torch.Generator().manual_seed(1)
+    solver = SlimTik(memory_depth=10, initial_lambda=0.05, lambda_rule="constant")
+    W = torch.zeros(2, 6, dtype=f64)
+    batches = _batches(gen, 6, 2, [10] * 5)
+    for k, (Z, C) in enumerate(batches):
+        W, info = solver.step(W, Z, C)
+        assert info.sum_lambda == pytest.approx((k + 2) * 0.05)  # Lambda_0 plus k+1 increments
+        assert info.status is SlimTikStatus.CONSTANT
+    W0 = torch.zeros(2, 6, dtype=f64)
+    ref = _reference_tikhonov(batches, "mean", 0.05, solver.sum_lambda, W0)
+    torch.testing.assert_close(W, ref, rtol=1e-9, atol=1e-10)
+
+
+def test_limited_memory_matches_window_recursion():
+    """With r < steps the update uses exactly the last r+1 Grams (checked by explicit solve)."""
+    gen = torch.Generator().manual_seed(2)
+    p, t, r = 8, 2, 2
+    batches = _batches(gen, p, t, [12] * 6)
+    solver = SlimTik(memory_depth=r, initial_lambda=0.1, lambda_rule="constant")
+    W = torch.zeros(t, p, dtype=f64)
+    Lam = 0.1
+    grams: list[torch.Tensor] = []
+    for Z, C in batches:
+        Zs, Cs = Z / math.sqrt(12), C / math.sqrt(12)
+        G = Zs.T @ Zs
+        M = G + sum(grams[-r:], torch.zeros(p, p, dtype=f64))
+        Lam += 0.1
+        H = Zs.T @ (Zs @ W.T - Cs)
+        expected = W.T - torch.linalg.solve(M + Lam * torch.eye(p, dtype=f64), H + 0.1 * W.T)
+        W, _ = solver.step(W, Z, C)
+        torch.testing.assert_close(W, expected.T, rtol=1e-10, atol=1e-12)
+        grams.append(G)
+    assert len(solver.state.grams) == r
+
+
+def test_sgcv_values_equal_brute_force():
+    gen = torch.Generator().manual_seed(3)
+    p, t, n = 10, 3, 25
+    batches = _batches(gen, p, t, [30, 30, n], noise=0.5)
+    config = SlimTikConfig(memory_depth=2, initial_lambda=0.2)
+    state = initial_state(config)
+    W = torch.zeros(t, p, dtype=f64)
+    for Z, C in batches[:2]:
+        W, state, _ = slimtik_update(W, gram_statistics(Z, C, 30), state, config, lam=0.1)
+    Z, C = batches[2]
+    Zs, Cs = Z / math.sqrt(n), C / math.sqrt(n)
+    G = Zs.T @ Zs
+    M = G + sum(state.grams)
+    H = Zs.T @ (Zs @ W.T - Cs)
+    s, V = torch.linalg.eigh(M)
+    r2 = ((Zs @ W.T - Cs) ** 2).sum()
+    terms = sgcv_terms(s, V.T @ G @ V, V.T @ H, V.T @ W.T, r2, n)
+    Lam = state.sum_lambda
+    lams = candidate_grid(Lam, config.lower, config.upper, 30, dtype=f64, device=Z.device)
+    assert (lams < 0).any() and (lams > 0).any() and (lams == 0).any()
+    gcv, res = sgcv_values(terms, lams, Lam)
+    for j, lam in enumerate(lams.tolist()):
+        B = M + (Lam + lam) * torch.eye(p, dtype=f64)
+        W_lam = W.T - torch.linalg.solve(B, H + lam * W.T)
+        residual = ((Zs @ W_lam - Cs) ** 2).sum()
+        influence = Zs @ torch.linalg.pinv(B) @ Zs.T
+        brute = residual / (t * n - t * torch.trace(influence)) ** 2
+        assert float(res[j]) == pytest.approx(float(residual), rel=1e-7, abs=1e-12)
+        assert float(gcv[j]) == pytest.approx(float(brute), rel=1e-7)
+    # The selected increment is the argmin over the grid, possibly improved by refinement.
+    lam, g, finite = select_lambda_sgcv(terms, Lam, config.lower, config.upper)
+    assert finite and g <= float(gcv.min()) * (1 + 1e-12)
+    lam_grid, g_grid, _ = select_lambda_sgcv(terms, Lam, config.lower, config.upper, refine=False)
+    assert g_grid == pytest.approx(float(gcv.min()))
+    assert lam_grid == pytest.approx(float(lams[torch.argmin(gcv)]))
+
+
+def test_multi_output_equals_separate_outputs_with_same_lam():
+    gen = torch.Generator().manual_seed(4)
+    p, t = 9, 4
+    batches = _batches(gen, p, t, [15, 15, 15, 7])
+    multi = SlimTik(memory_depth=2)
+    W = torch.zeros(t, p, dtype=f64)
+    lams = []
+    for Z, C in batches:
+        W, info = multi.step(W, Z, C)
+        lams.append(info.lam)
+    for j in range(t):
+        single = SlimTik(memory_depth=2)
+        w = torch.zeros(1, p, dtype=f64)
+        for (Z, C), lam in zip(batches, lams, strict=True):
+            w, _ = single.step(w, Z, C[:, j : j + 1], lam=lam)
+        torch.testing.assert_close(w[0], W[j], rtol=1e-10, atol=1e-12)
+
+
+def test_ragged_last_batch_scaled_by_its_own_size():
+    gen = torch.Generator().manual_seed(5)
+    batches = _batches(gen, 5, 1, [40, 3])
+    solver = SlimTik(memory_depth=1, initial_lambda=1.0, lambda_rule="constant")
+    W = torch.zeros(1, 5, dtype=f64)
+    for Z, C in batches:
+        W, _ = solver.step(W, Z, C)
+    # The short batch's Gram is stored scaled by 1/3, not 1/40.
+    Z, _ = batches[1]
+    torch.testing.assert_close(solver.state.grams[-1], Z.T @ Z / 3)
+
+
+def test_float32_in_float32_out_and_float64_work():
+    gen = torch.Generator().manual_seed(6)
+    Z, C = _batches(gen, 6, 2, [50])[0]
+    solver32 = SlimTik(memory_depth=0)
+    W32, info32 = solver32.step(torch.zeros(2, 6), Z.float(), C.float())
+    solver64 = SlimTik(memory_depth=0)
+    W64, info64 = solver64.step(torch.zeros(2, 6, dtype=f64), Z, C)
+    assert W32.dtype == torch.float32
+    assert solver32.state.grams == ()
+    torch.testing.assert_close(W32.double(), W64, rtol=1e-4, atol=1e-5)
+
+
+def test_degenerate_batch_keeps_lambda_and_says_so():
+    gen = torch.Generator().manual_seed(7)
+    Z, C = _batches(gen, 20, 1, [10])[0]
+    solver = SlimTik(memory_depth=0, initial_lambda=1e-3)
+    _, info = solver.step(torch.zeros(1, 20, dtype=f64), Z, C)
+    assert info.status is SlimTikStatus.DEGENERATE
+    assert info.lam == 0.0 and info.sum_lambda == 1e-3
+    assert "memory_depth" in info.status.value
+
+
+def test_pure_noise_hits_upper_bound_status():
+    gen = torch.Generator().manual_seed(8)
+    Z = torch.randn(200, 3, generator=gen, dtype=f64)
+    C = torch.randn(200, 1, generator=gen, dtype=f64) * 5
+    solver = SlimTik(memory_depth=0, upper=1e-3)
+    _, info = solver.step(torch.ones(1, 3, dtype=f64) * 10, Z, C)
+    assert info.status is SlimTikStatus.LAMBDA_AT_UPPER
+    assert info.lam == pytest.approx(1e-3)
+    assert "upper" in info.status.value
+
+
+def test_noise_free_data_drives_lambda_to_lower():
+    gen = torch.Generator().manual_seed(9)
+    batches = _batches(gen, 4, 1, [50, 50], noise=0.0)
+    solver = SlimTik(memory_depth=1, initial_lambda=1.0)
+    W = torch.zeros(1, 4, dtype=f64)
+    for Z, C in batches:
+        W, info = solver.step(W, Z, C)
+    assert info.status is SlimTikStatus.LAMBDA_AT_LOWER
+    assert solver.sum_lambda == pytest.approx(1e-7)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _snapshot(solver: SlimTik):
+    sd = solver.state_dict()
+    return sd["sum_lambda"], sd["step"], [g.clone() for g in sd["grams"]], list(sd["rows"])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error"),
+    [
+        (lambda W, Z, C: (W, Z.index_put((torch.tensor([0]), torch.tensor([0])),
+                                         torch.tensor(float("nan"), dtype=f64)), C), ValueError),
+        (lambda W, Z, C: (W, Z, C.index_put((torch.tensor([1]), torch.tensor([0])),
+                                            torch.tensor(float("inf"), dtype=f64))), ValueError),
+        (lambda W, Z, C: (W, Z[:, :-1], C), ValueError),
+        (lambda W, Z, C: (W, Z, C[:-1]), ValueError),
+        (lambda W, Z, C: (W, Z, C[:, :1]), ValueError),
+        (lambda W, Z, C: (W, Z.float(), C), TypeError),
+        (lambda W, Z, C: (W, Z.long(), C.long()), TypeError),
+        (lambda W, Z, C: (W, Z[0], C), ValueError),
+        (lambda W, Z, C: (W, Z.numpy(), C), TypeError),
+        (lambda W, Z, C: (W.fill_(float("nan")), Z, C), ValueError),
+    ],
+)
+def test_bad_input_raises_and_leaves_state_untouched(mutate, error):
+    gen = torch.Generator().manual_seed(10)
+    batches = _batches(gen, 5, 2, [20, 20, 20, 20])
+    solver, clean = SlimTik(memory_depth=2), SlimTik(memory_depth=2)
+    W = torch.zeros(2, 5, dtype=f64)
+    Wc = W.clone()
+    for Z, C in batches[:2]:
+        W, _ = solver.step(W, Z, C)
+        Wc, _ = clean.step(Wc, Z, C)
+    before = _snapshot(solver)
+    Z, C = batches[2]
+    with pytest.raises(error) as excinfo:
+        solver.step(*mutate(W.clone(), Z.clone(), C.clone()))
+    message = str(excinfo.value)
+    assert message.split()[0].strip(",") in {"W", "Z", "C", "W,"}  # names the culprit first
+    after = _snapshot(solver)
+    assert before[:2] == after[:2] and before[3] == after[3]
+    assert all(torch.equal(a, b) for a, b in zip(before[2], after[2], strict=True))
+    for Z, C in batches[2:]:
+        W, i1 = solver.step(W, Z, C)
+        Wc, i2 = clean.step(Wc, Z, C)
+        assert torch.equal(W, Wc) and i1 == i2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"memory_depth": -1}, ValueError),
+        ({"memory_depth": 1.5}, TypeError),
+        ({"lower": 1.0, "upper": 1.0}, ValueError),
+        ({"lower": 0.0}, ValueError),
+        ({"upper": float("inf")}, ValueError),
+        ({"initial_lambda": -1.0}, ValueError),
+        ({"lambda_rule": "gcv"}, ValueError),
+        ({"reduction": "max"}, ValueError),
+        ({"n_candidates": 0}, ValueError),
+    ],
+)
+def test_bad_configuration(kwargs, error):
+    with pytest.raises(error, match="found"):
+        SlimTik(**kwargs)
+
+
+# ----------------------------------------------------------------------------- robustness
+
+@st.composite
+def _nasty_batches(draw):
+    p = draw(st.integers(1, 12))
+    t = draw(st.integers(1, 3))
+    n = draw(st.integers(1, 30))
+    kind = draw(st.sampled_from(["rank_deficient", "zeros", "duplicated", "badly_scaled", "plain"]))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    Z = rng.standard_normal((n, p))
+    if kind == "rank_deficient":
+        k = max(1, p // 3)
+        Z = rng.standard_normal((n, k)) @ rng.standard_normal((k, p))
+    elif kind == "zeros":
+        Z = np.zeros((n, p))
+    elif kind == "duplicated":
+        Z[:, -1] = Z[:, 0]
+    elif kind == "badly_scaled":
+        Z = Z * np.logspace(-8, 8, p)
+    C = rng.standard_normal((n, t)) * draw(st.sampled_from([0.0, 1e-6, 1.0, 1e6]))
+    steps = draw(st.integers(1, 4))
+    depth = draw(st.integers(0, 3))
+    return torch.from_numpy(Z), torch.from_numpy(C), steps, depth
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_nasty_batches())
+def test_never_nan_and_lambda_within_bounds(case):
+    Z, C, steps, depth = case
+    solver = SlimTik(memory_depth=depth, initial_lambda=1e-10)
+    W = torch.zeros(C.shape[1], Z.shape[1], dtype=f64)
+    for _ in range(steps):
+        W, info = solver.step(W, Z, C)
+        assert torch.isfinite(W).all()
+        assert not math.isnan(info.gcv) and math.isfinite(info.rel_residual)
+        assert math.isfinite(info.lam)
+        lo, hi = solver.config.lower, solver.config.initial_lambda + solver.n_steps * 1e3
+        assert lo * (1 - 1e-9) <= solver.sum_lambda <= hi
+
+
+# ----------------------------------------------------------------------------- persistence
+
+def test_state_dict_round_trip_is_bit_identical():
+    gen = torch.Generator().manual_seed(11)
+    batches = _batches(gen, 7, 3, [25] * 6)
+    a = SlimTik(memory_depth=3)
+    W = torch.zeros(3, 7, dtype=f64)
+    for Z, C in batches[:3]:
+        W, _ = a.step(W, Z, C)
+    buffer = io.BytesIO()
+    torch.save({"solver": a.state_dict(), "W": W}, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    b = SlimTik(memory_depth=1, upper=5.0)  # settings are restored from the state dict
+    b.load_state_dict(loaded["solver"])
+    assert b.config == a.config
+    Wb = loaded["W"]
+    for Z, C in batches[3:]:
+        W, ia = a.step(W, Z, C)
+        Wb, ib = b.step(Wb, Z, C)
+        assert torch.equal(W, Wb) and ia == ib
+
+
+def test_load_state_dict_rejects_garbage_without_changing_state():
+    a = SlimTik(memory_depth=2)
+    before = a.state_dict()
+    with pytest.raises(ValueError, match="lacks keys"):
+        a.load_state_dict({"grams": []})
+    bad = dict(before, grams=[torch.eye(2)] * 3, rows=[1, 2, 3])
+    with pytest.raises(ValueError, match="memory_depth"):
+        a.load_state_dict(bad)
+    assert a.state_dict() == before
+
+
+def test_repr_and_reset():
+    s = SlimTik(memory_depth=2)
+    s.step(torch.zeros(1, 2, dtype=f64), torch.randn(10, 2, dtype=f64),
+           torch.randn(10, 1, dtype=f64))
+    assert "step=1" in repr(s) and "memory_depth=2" in repr(s)
+    s.reset()
+    assert s.n_steps == 0 and s.sum_lambda == 1e-10 and s.state.grams == ()
