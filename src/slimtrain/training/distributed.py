@@ -1,0 +1,178 @@
+r"""Data-parallel slimTrain with :mod:`torch.distributed`.
+
+Every process holds a shard of each global batch. The feature extractor is wrapped in
+``DistributedDataParallel`` (its gradients are averaged as usual); the head update needs only
+sums over rows, so each process forms the statistics of its shard and one all-reduce gives the
+statistics of the global batch:
+
+.. math::
+
+    Z^\top Z = \sum_{\text{ranks}} Z_r^\top Z_r, \quad
+    Z^\top C = \sum_r Z_r^\top C_r, \quad
+    \|C\|_F^2 = \sum_r \|C_r\|_F^2, \quad N = \sum_r N_r, \quad \text{rows} = \sum_r \text{rows}_r .
+
+Everything else of the step (``H = G W^T - Z^T C / N``, ``||R||^2``, the sGCV trace and residual
+terms, the eigendecomposition and the solve) follows from these sums and the shared ``W``, so
+every rank solves the same small system and ends the step with the same ``W``; no broadcast of
+``W`` is needed. One step communicates a single float64 message of
+``p (p + 1) / 2 + p t + 3`` numbers (the Gram is symmetric: only its upper triangle travels),
+that is ``8 (p (p + 1) / 2 + p t + 3)`` bytes, besides DDP's gradient all-reduce of theta.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from slimtrain.linalg.stats import GramStats
+
+__all__ = [
+    "is_distributed",
+    "rank",
+    "world_size",
+    "is_main_process",
+    "distributed_reducer",
+    "stats_message_bytes",
+    "all_reduce_sums",
+    "check_same_across_ranks",
+    "init_from_env",
+    "data_parallel",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def is_distributed() -> bool:
+    """True inside an initialized process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """Number of processes (1 without a process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    """Rank 0: the process that logs, shows progress and writes files."""
+    return rank() == 0
+
+
+def stats_message_bytes(p: int, t: int) -> int:
+    """Bytes all-reduced per slimTik step for ``p`` features and ``t`` outputs."""
+    return 8 * (p * (p + 1) // 2 + p * t + 3)
+
+
+def distributed_reducer(
+    group: dist.ProcessGroup | None = None, debug: bool = False
+) -> Callable[[GramStats], GramStats]:
+    """A :class:`GramStats` reducer for :class:`~slimtrain.SlimTik`: one all-reduce (SUM).
+
+    The upper triangle of ``Z^T Z``, ``Z^T C``, ``||C||^2`` and the sample and row counts are
+    packed into one float64 message (counts are exact in float64 up to 2^53).
+
+    Parameters
+    ----------
+    group : ProcessGroup, optional
+        Default: the world.
+    debug : bool
+        Also check after the reduction that every rank holds the same statistics.
+    """
+
+    def reduce(stats: GramStats) -> GramStats:
+        p, t = stats.ztc.shape
+        iu = torch.triu_indices(p, p, device=stats.ztz.device)
+        counts = torch.tensor(
+            [float(stats.ctc), float(stats.n_samples), float(stats.n_rows)],
+            dtype=torch.float64,
+            device=stats.ztz.device,
+        )
+        message = torch.cat(
+            [
+                stats.ztz[iu[0], iu[1]].to(torch.float64),
+                stats.ztc.reshape(-1).to(torch.float64),
+                counts,
+            ]
+        )
+        dist.all_reduce(message, op=dist.ReduceOp.SUM, group=group)
+        n_tri = iu.shape[1]
+        ztz = torch.zeros(p, p, dtype=torch.float64, device=message.device)
+        ztz[iu[0], iu[1]] = message[:n_tri]
+        ztz = ztz + ztz.T - torch.diag(torch.diagonal(ztz))
+        ztc = message[n_tri : n_tri + p * t].reshape(p, t)
+        ctc, n_samples, n_rows = message[n_tri + p * t :]
+        if debug:
+            check_same_across_ranks(message, "slimTik batch statistics", group)
+        return GramStats(ztz, ztc, ctc, int(round(float(n_samples))), int(round(float(n_rows))))
+
+    return reduce
+
+
+def all_reduce_sums(values: list[float], device: torch.device | None = None) -> list[float]:
+    """Sum a few floats over all ranks (identity without a process group)."""
+    if not is_distributed():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return [float(v) for v in tensor]
+
+
+def check_same_across_ranks(
+    tensor: Tensor, what: str, group: dist.ProcessGroup | None = None
+) -> None:
+    """Raise ``RuntimeError`` unless ``tensor`` is bitwise identical on every rank."""
+    if not is_distributed():
+        return
+    digest = hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).digest()
+    mine = torch.tensor(list(digest[:8]), dtype=torch.int64, device=tensor.device)
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, mine, group=group)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(f"{what} differs across ranks; the processes have diverged")
+
+
+def init_from_env(device: str = "cpu") -> bool:
+    """Initialise the default process group from torchrun's environment, if present.
+
+    Uses gloo on CPU and nccl on CUDA. Returns True when a group of more than one process was
+    set up (or already existed).
+    """
+    if dist.is_initialized():
+        return dist.get_world_size() > 1
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
+        return False
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend=backend)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    logger.info("process group: %s, rank %d of %d", backend, rank(), world_size())
+    return True
+
+
+def data_parallel(model: torch.nn.Module, **ddp_kwargs: object) -> torch.nn.Module:
+    """Wrap the feature extractor of a :class:`~slimtrain.SeparableModel` in DDP, in place.
+
+    The head stays unwrapped: its weights are solved identically on every rank and have
+    ``requires_grad=False``, so DDP has nothing to synchronise there. Keyword arguments go to
+    :class:`torch.nn.parallel.DistributedDataParallel` (e.g. ``device_ids`` on CUDA).
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    features = getattr(model, "features", None)
+    if not isinstance(features, torch.nn.Module):
+        raise TypeError(
+            f"data_parallel expects a SeparableModel with .features, found {type(model).__name__}"
+        )
+    if not isinstance(features, DistributedDataParallel):
+        model.features = DistributedDataParallel(features, **ddp_kwargs)  # type: ignore[arg-type]
+    return model

@@ -1,0 +1,266 @@
+"""``fit``: the one training loop. Progress, logs and checkpoints are callbacks."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from slimtrain.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
+from slimtrain.training.distributed import all_reduce_sums, is_main_process
+from slimtrain.training.trainers import SlimTrain, Trainer
+
+__all__ = ["History", "fit", "evaluate"]
+
+logger = logging.getLogger(__name__)
+
+Batches = Iterable[tuple[Tensor, Tensor]]
+
+
+@dataclass
+class History:
+    """Per-epoch records of a run; ``records[0]`` describes the model before training.
+
+    Each record holds ``epoch``, ``train_loss``, ``train_rel_error``, ``val_loss``,
+    ``val_rel_error`` (NaN without a validation loader), ``sum_lambda``, ``lam`` (the last
+    step's), ``epoch_time`` (seconds of training in that epoch) and ``steps``.
+    """
+
+    records: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_loss: float = math.inf
+
+    def column(self, key: str) -> list[float]:
+        """One metric over epochs."""
+        return [record[key] for record in self.records]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form (JSON and checkpoints)."""
+        return {
+            "records": [dict(r) for r in self.records],
+            "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_val_loss,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            [dict(r) for r in data["records"]],
+            int(data["best_epoch"]),
+            float(data["best_val_loss"]),
+        )
+
+
+@dataclass
+class FitState:
+    """What callbacks see: the trainer, the history, and where the loop is."""
+
+    trainer: Trainer
+    history: History
+    epochs: int
+    epoch: int = 0
+    batches_per_epoch: int | None = None
+    best_state: dict[str, Any] | None = None
+    generators: list[torch.Generator] = field(default_factory=list)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to continue exactly from the end of the current epoch."""
+        from slimtrain.training.checkpoint import CHECKPOINT_VERSION
+
+        return {
+            "version": CHECKPOINT_VERSION,
+            "epoch": self.epoch,
+            "epochs": self.epochs,
+            "trainer": self.trainer.state_dict(),
+            "history": self.history.to_dict(),
+            "best_state": self.best_state,
+            "rng": capture_rng_state(self.generators),
+        }
+
+
+def evaluate(trainer: Trainer, batches: Batches) -> tuple[float, float]:
+    """Mean loss and mean relative error over ``batches`` with the current parameters."""
+    trainer.eval()
+    total_loss = total_rel = count = 0.0
+    for x, y in batches:
+        loss_sum, rel_sum, n = trainer.evaluate_batch(x, y)
+        total_loss += loss_sum
+        total_rel += rel_sum
+        count += n
+    total_loss, total_rel, count = all_reduce_sums([total_loss, total_rel, count],
+                                                   trainer.device)
+    if count == 0:
+        raise ValueError("found an empty data loader; expected at least one batch to evaluate")
+    return total_loss / count, total_rel / count
+
+
+def _loader_generators(loader: Batches) -> list[torch.Generator]:
+    """Generators that drive a DataLoader's shuffling (saved in checkpoints)."""
+    gens: list[torch.Generator] = []
+    if isinstance(loader, DataLoader):
+        for owner in (loader, loader.sampler, getattr(loader, "batch_sampler", None)):
+            gen = getattr(owner, "generator", None)
+            if isinstance(gen, torch.Generator) and all(gen is not g for g in gens):
+                gens.append(gen)
+    return gens
+
+
+def fit(
+    trainer: Trainer,
+    train_loader: Batches,
+    val_loader: Batches | None = None,
+    epochs: int = 10,
+    callbacks: Sequence[Any] = (),
+    resume: str | os.PathLike[str] | None = None,
+    eval_train: bool = True,
+) -> History:
+    """Train for ``epochs`` epochs, evaluating before training and after every epoch.
+
+    Parameters
+    ----------
+    trainer : SlimTrain or GradientTrainer
+        Anything with ``step(x, y)``, ``evaluate_batch``, ``train``/``eval`` and
+        ``state_dict``/``load_state_dict``.
+    train_loader, val_loader : iterable of (x, y)
+        Usually ``torch.utils.data.DataLoader``; the training loader is re-iterated each epoch.
+    epochs : int
+        Total epochs (a resumed run continues up to this number).
+    callbacks : sequence
+        Objects with any of the hooks ``on_fit_start(state)``, ``on_epoch_start(state)``,
+        ``on_batch_end(state, step_info)``, ``on_epoch_end(state, record)``,
+        ``on_fit_end(state)`` (:mod:`slimtrain.training.callbacks`). Under
+        ``torch.distributed`` only rank 0 runs them.
+    resume : path, optional
+        A checkpoint of this run: model, optimizer, solver, history and RNG states are
+        restored and training continues after its epoch, exactly as if never interrupted.
+    eval_train : bool
+        Evaluate the loss on the whole training set after each epoch (otherwise the running
+        mean of the step losses is recorded as ``train_loss``).
+
+    Returns
+    -------
+    History
+        Also the best-validation model state in ``history``'s companion
+        ``trainer.best_state_dict`` (set on the trainer).
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative int, found {epochs!r}")
+    generators = _loader_generators(train_loader)
+    history = History()
+    state = FitState(trainer, history, epochs, generators=generators)
+    try:
+        state.batches_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    except TypeError:
+        state.batches_per_epoch = None
+
+    if resume is not None:
+        checkpoint = load_checkpoint(resume)
+        restored = History.from_dict(checkpoint["history"])
+        if checkpoint["epoch"] > epochs:
+            raise ValueError(
+                f"checkpoint {resume} is at epoch {checkpoint['epoch']}, beyond epochs={epochs}"
+            )
+        trainer.load_state_dict(checkpoint["trainer"])
+        restore_rng_state(checkpoint["rng"], generators)
+        history.records, history.best_epoch = restored.records, restored.best_epoch
+        history.best_val_loss = restored.best_val_loss
+        state.best_state = checkpoint.get("best_state")
+        state.epoch = int(checkpoint["epoch"])
+        logger.info("resumed from %s at epoch %d", resume, state.epoch)
+
+    _call(callbacks, "on_fit_start", state)
+    if state.epoch == 0 and not history.records:
+        record = _epoch_record(trainer, train_loader, val_loader, 0, [], 0.0)
+        _track_best(state, record)
+        history.records.append(record)
+        _call(callbacks, "on_epoch_end", state, record)
+
+    while state.epoch < epochs:
+        state.epoch += 1
+        sampler = getattr(train_loader, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(state.epoch)  # type: ignore[union-attr]  # DistributedSampler
+        _call(callbacks, "on_epoch_start", state)
+        trainer.train()
+        steps: list[tuple[float, int]] = []
+        last: dict[str, float] = {}
+        elapsed = 0.0
+        for x, y in train_loader:
+            start = time.perf_counter()
+            last = trainer.step(x, y)
+            elapsed += time.perf_counter() - start
+            steps.append((last["loss"], int(x.shape[0])))
+            _call(callbacks, "on_batch_end", state, last)
+        if not steps:
+            raise ValueError("found an empty training loader; expected at least one batch")
+        record = _epoch_record(
+            trainer, train_loader if eval_train else None, val_loader, state.epoch, steps, elapsed
+        )
+        if "lam" in last:
+            record["lam"] = last["lam"]
+        _track_best(state, record)
+        history.records.append(record)
+        _call(callbacks, "on_epoch_end", state, record)
+    trainer.best_state_dict = state.best_state
+    _call(callbacks, "on_fit_end", state)
+    return history
+
+
+def _epoch_record(
+    trainer: Trainer,
+    train_loader: Batches | None,
+    val_loader: Batches | None,
+    epoch: int,
+    steps: list[tuple[float, int]],
+    elapsed: float,
+) -> dict[str, float]:
+    nan = math.nan
+    if train_loader is not None:
+        train_loss, train_rel = evaluate(trainer, train_loader)
+    else:
+        loss_sum, total = all_reduce_sums(
+            [sum(loss * n for loss, n in steps), float(sum(n for _, n in steps))], trainer.device
+        )
+        train_loss, train_rel = loss_sum / total, nan
+    val_loss, val_rel = evaluate(trainer, val_loader) if val_loader is not None else (nan, nan)
+    return {
+        "epoch": float(epoch),
+        "train_loss": train_loss,
+        "train_rel_error": train_rel,
+        "val_loss": val_loss,
+        "val_rel_error": val_rel,
+        "sum_lambda": trainer.sum_lambda if isinstance(trainer, SlimTrain) else nan,
+        "lam": nan,
+        "epoch_time": elapsed,
+        "steps": float(len(steps)),
+    }
+
+
+def _track_best(state: FitState, record: dict[str, float]) -> None:
+    score = record["val_loss"] if not math.isnan(record["val_loss"]) else record["train_loss"]
+    if score < state.history.best_val_loss:
+        state.history.best_val_loss = score
+        state.history.best_epoch = int(record["epoch"])
+        state.best_state = copy.deepcopy(
+            {k: v.detach().cpu() for k, v in state.trainer.model.state_dict().items()}
+        )
+
+
+def _call(callbacks: Sequence[Any], hook: str, *args: Any) -> None:
+    """Run a hook of every callback; under torch.distributed only rank 0 runs callbacks."""
+    if not is_main_process():
+        return
+    for callback in callbacks:
+        method = getattr(callback, hook, None)
+        if method is not None:
+            method(*args)

@@ -1,0 +1,328 @@
+r"""Trainers: one step of slimTrain, and the end-to-end gradient baseline.
+
+Both expose the same interface (``step``, ``evaluate_batch``, ``train``/``eval``,
+``state_dict``/``load_state_dict``) so that :func:`slimtrain.fit` drives either and a
+comparison differs only in the method.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from slimtrain._validation import check_finite, check_tensor
+from slimtrain.heads import head_adapter
+from slimtrain.linalg.solver import SlimTik, StatsReducer
+from slimtrain.training import distributed
+from slimtrain.training.model import SeparableModel
+
+__all__ = ["Trainer", "SlimTrain", "GradientTrainer", "squared_loss", "relative_errors"]
+
+logger = logging.getLogger(__name__)
+
+
+def squared_loss(prediction: Tensor, target: Tensor) -> Tensor:
+    r"""Per-sample mean of :math:`\tfrac12 \|f(x_i) - c_i\|^2` (sum over all but the batch dim)."""
+    diff = (prediction - target).reshape(prediction.shape[0], -1)
+    return 0.5 * (diff * diff).sum() / prediction.shape[0]
+
+
+def relative_errors(prediction: Tensor, target: Tensor) -> Tensor:
+    r"""Per-sample :math:`\|f(x_i) - c_i\| / \|c_i\|`, shape ``(n_samples,)``."""
+    diff = (prediction - target).reshape(prediction.shape[0], -1)
+    norm = target.reshape(target.shape[0], -1).norm(dim=1)
+    return diff.norm(dim=1) / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+
+
+def _optimizer_params(optimizer: torch.optim.Optimizer) -> set[int]:
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+class Trainer:
+    """Shared machinery: device/dtype handling of batches, evaluation, modes, persistence."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, found {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, found {type(optimizer).__name__}"
+            )
+        self.model = model
+        self.optimizer = optimizer
+        self.best_state_dict: dict[str, Any] | None = None  # set by fit()
+
+    # ------------------------------------------------------------------ batches
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's first parameter."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the model's first parameter."""
+        return next(self.model.parameters()).dtype
+
+    def _prepare(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Validate a batch and move it to the model's device (floating parts to its dtype)."""
+        x = check_tensor("x", x, floating=False)
+        y = check_tensor("y", y)
+        if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"x and y must share their first (batch) dimension, found x {tuple(x.shape)} "
+                f"and y {tuple(y.shape)}"
+            )
+        if x.shape[0] == 0:
+            raise ValueError("found an empty batch; expected at least one sample")
+        if x.is_floating_point():
+            check_finite("x", x)
+        check_finite("y", y)
+        x = x.to(self.device, dtype=self.dtype if x.is_floating_point() else None)
+        return x, y.to(self.device, dtype=self.dtype)
+
+    @torch.no_grad()
+    def evaluate_batch(self, x: Tensor, y: Tensor) -> tuple[float, float, int]:
+        """Sum over the batch of the loss and of the relative error, and the batch size.
+
+        Uses the current parameters and does not update anything (call :meth:`eval` first).
+        """
+        x, y = self._prepare(x, y)
+        prediction = self.model(x)
+        n = int(x.shape[0])
+        return (
+            float(squared_loss(prediction, y)) * n,
+            float(relative_errors(prediction, y).sum()),
+            n,
+        )
+
+    # ------------------------------------------------------------------ modes
+    def train(self) -> None:
+        """Training mode for the model (and optimizers that have modes, e.g. schedule-free)."""
+        self.model.train()
+        if callable(getattr(self.optimizer, "train", None)):
+            self.optimizer.train()  # type: ignore[attr-defined]
+
+    def eval(self) -> None:
+        """Evaluation mode for the model (and optimizers that have modes)."""
+        self.model.eval()
+        if callable(getattr(self.optimizer, "eval", None)):
+            self.optimizer.eval()  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Model and optimizer state (subclasses add their solver)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`. Loads into copies first so a bad dict changes nothing."""
+        for key in ("model", "optimizer"):
+            if key not in state_dict:
+                raise ValueError(f"trainer state lacks {key!r}; found keys {sorted(state_dict)}")
+        backup = copy.deepcopy(Trainer.state_dict(self))
+        try:
+            self.model.load_state_dict(state_dict["model"])
+            self.optimizer.load_state_dict(state_dict["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            self.model.load_state_dict(backup["model"])
+            self.optimizer.load_state_dict(backup["optimizer"])
+            raise ValueError(
+                f"trainer state does not fit this model/optimizer ({error}); nothing was changed"
+            ) from error
+
+    def step(self, x: Tensor, y: Tensor) -> dict[str, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class SlimTrain(Trainer):
+    r"""slimTrain: slimTik for the head, a stock torch optimizer for the feature extractor.
+
+    One step on a batch ``(x, c)``:
+
+    .. math::
+
+        Z &= F(x; \theta), \qquad
+        W \leftarrow \operatorname{slimTik}(W, Z, c) \quad \text{(no learning rate;
+        } \lambda \text{ by sGCV)} \\
+        \theta &\leftarrow \operatorname{optimizer\ step}\bigl(\nabla_\theta\,
+        \tfrac{1}{N}\textstyle\sum_i \tfrac12 \|W [F(x_i;\theta); 1] - c_i\|^2\bigr)
+        \quad \text{with the new } W \text{ fixed.}
+
+    One forward and one backward per step, like plain training. The head update reads the
+    head's rows through its adapter (:mod:`slimtrain.heads`), solves in float64 and writes ``W``
+    back into the head's Parameters.
+
+    Parameters
+    ----------
+    model : SeparableModel
+    optimizer : torch.optim.Optimizer
+        Built on ``model.feature_parameters()``; it must not hold head parameters.
+    accumulate_dtype : torch.dtype, default float64
+        dtype in which the head statistics (Gram, cross products) are summed. float32 is faster
+        on CPU for large heads; the solve is float64 either way.
+    reducer : callable, optional
+        Reduction of the batch statistics across processes. Default: inside an initialized
+        ``torch.distributed`` group of several processes, one all-reduce
+        (:func:`slimtrain.training.distributed.distributed_reducer`); otherwise none.
+    debug_distributed : bool
+        Check after every step that all ranks hold the same ``W`` (costs an all-gather).
+    **slimtik_options
+        Passed to :class:`~slimtrain.SlimTik` (``memory_depth``, ``initial_lambda``,
+        ``lambda_rule``, ``lower``, ``upper``, ``reduction``, ...).
+
+    References
+    ----------
+    E. Newman, J. Chung, M. Chung, L. Ruthotto, "slimTrain -- A Stochastic Approximation Method
+    for Training Separable Deep Neural Networks", SIAM J. Sci. Comput. 44(4), 2022.
+    """
+
+    model: SeparableModel
+
+    def __init__(
+        self,
+        model: SeparableModel,
+        optimizer: torch.optim.Optimizer,
+        accumulate_dtype: torch.dtype = torch.float64,
+        reducer: StatsReducer | None = None,
+        debug_distributed: bool = False,
+        **slimtik_options: Any,
+    ) -> None:
+        if not isinstance(model, SeparableModel):
+            raise TypeError(
+                f"SlimTrain needs a slimtrain.SeparableModel(features, head), found "
+                f"{type(model).__name__}"
+            )
+        super().__init__(model, optimizer)
+        head_ids = {id(p) for p in model.head.parameters()}
+        if head_ids & _optimizer_params(optimizer):
+            raise ValueError(
+                "the optimizer holds head parameters, which slimTik solves for; build it on "
+                "model.feature_parameters() instead of model.parameters()"
+            )
+        if accumulate_dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"accumulate_dtype must be torch.float32 or torch.float64, found {accumulate_dtype}"
+            )
+        self.accumulate_dtype = accumulate_dtype
+        self.adapter = head_adapter(model.head)
+        self.debug_distributed = debug_distributed
+        if reducer is None and distributed.is_distributed():
+            reducer = distributed.distributed_reducer(debug=debug_distributed)
+        self.solver = SlimTik(reducer=reducer, **slimtik_options)
+
+    def step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """One slimTrain step; returns loss, lam, sum_lambda, gcv, rel_residual, time."""
+        start = time.perf_counter()
+        x, y = self._prepare(x, y)
+        model, head = self.model, self.model.head
+        # The forward updates buffers (BatchNorm running statistics): keep copies so that a
+        # batch rejected below (non-finite features, targets of the wrong shape) changes nothing.
+        buffers = [b.clone() for b in model.buffers()]
+        try:
+            features = model.features(x)
+            detached = features.detach()
+            check_finite("features", detached)
+            stats = self.adapter.statistics(head, detached, y, dtype=self.accumulate_dtype)
+            W = self.adapter.get_weight(head)
+            W_new, info = self.solver.step_statistics(W, stats)
+        except (ValueError, TypeError):
+            with torch.no_grad():
+                for buffer, saved in zip(model.buffers(), buffers, strict=True):
+                    buffer.copy_(saved)
+            raise
+        self.adapter.set_weight(head, W_new)
+        if self.debug_distributed:
+            distributed.check_same_across_ranks(W_new, "the head weights W")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = squared_loss(head(features), y)
+        loss.backward()
+        self.optimizer.step()
+        return {
+            "loss": float(loss.detach()),
+            "lam": info.lam,
+            "sum_lambda": info.sum_lambda,
+            "gcv": info.gcv,
+            "rel_residual": info.rel_residual,
+            "time": time.perf_counter() - start,
+        }
+
+    @property
+    def sum_lambda(self) -> float:
+        """The solver's cumulative regularization."""
+        return self.solver.sum_lambda
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer and solver state (float64 Grams, ``Lambda``)."""
+        state = super().state_dict()
+        state["solver"] = self.solver.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore model, optimizer and solver."""
+        if "solver" not in state_dict:
+            raise ValueError("trainer state lacks 'solver'; was it saved by a GradientTrainer?")
+        probe = SlimTik()
+        probe.load_state_dict(state_dict["solver"])  # validate before touching anything
+        super().load_state_dict(state_dict)
+        self.solver.load_state_dict(state_dict["solver"])
+
+    def __repr__(self) -> str:
+        return (
+            f"SlimTrain(head={type(self.model.head).__name__}, "
+            f"optimizer={type(self.optimizer).__name__}, solver={self.solver!r})"
+        )
+
+
+class GradientTrainer(Trainer):
+    r"""Baseline: every parameter, the head included, trained end to end by ``optimizer``.
+
+    .. math::
+
+        (\theta, W) \leftarrow \operatorname{optimizer\ step}\bigl(\nabla_{\theta, W}\,
+        \tfrac1N \textstyle\sum_i \tfrac12 \|f(x_i; \theta, W) - c_i\|^2\bigr)
+
+    Head parameters of a :class:`SeparableModel` are made trainable again. Optimizers with
+    train/eval modes (schedule-free AdamW) are switched by :meth:`train` / :meth:`eval`.
+
+    Parameters
+    ----------
+    model : nn.Module
+    optimizer : torch.optim.Optimizer
+        Must hold every parameter of ``model``.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        super().__init__(model, optimizer)
+        held = _optimizer_params(optimizer)
+        missing = [name for name, p in model.named_parameters() if id(p) not in held]
+        if missing:
+            raise ValueError(
+                f"GradientTrainer trains every parameter, but the optimizer lacks {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''}; build it on model.parameters()"
+            )
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+
+    def step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """One optimizer step on the batch loss; returns loss and time."""
+        start = time.perf_counter()
+        x, y = self._prepare(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = squared_loss(self.model(x), y)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": float(loss.detach()), "time": time.perf_counter() - start}
+
+    def __repr__(self) -> str:
+        return (
+            f"GradientTrainer(model={type(self.model).__name__}, "
+            f"optimizer={type(self.optimizer).__name__})"
+        )
+

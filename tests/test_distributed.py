@@ -1,0 +1,92 @@
+"""Two gloo processes on 127.0.0.1 match one process on the same global batches."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from slimtrain import SeparableModel, SlimTrain
+from slimtrain.training.distributed import data_parallel, stats_message_bytes
+
+STEPS = 4
+LOCAL = 12  # samples per rank and step
+
+
+def _model(kind: str) -> SeparableModel:
+    torch.manual_seed(0)
+    if kind == "linear":
+        features = nn.Sequential(nn.Linear(5, 9), nn.Tanh(), nn.Linear(9, 9), nn.Tanh())
+        head: nn.Module = nn.Linear(9, 3)
+    else:
+        features = nn.Sequential(nn.Linear(5, 4 * 5 * 5), nn.Tanh(), nn.Unflatten(1, (4, 5, 5)))
+        head = nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1)
+    return SeparableModel(features, head).double()
+
+
+def _data(kind: str, n: int):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 5, generator=gen, dtype=torch.float64)
+    shape = (n, 3) if kind == "linear" else (n, 2, 10, 10)
+    y = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    return x, y
+
+
+def _train(kind: str, world: int, rank: int):
+    model = _model(kind)
+    if world > 1:
+        data_parallel(model)
+    trainer = SlimTrain(model, torch.optim.Adam(model.feature_parameters(), lr=1e-2),
+                        memory_depth=2, debug_distributed=world > 1)
+    x, y = _data(kind, STEPS * LOCAL * 2)
+    glob = LOCAL * 2
+    for s in range(STEPS):
+        xb, yb = x[s * glob : (s + 1) * glob], y[s * glob : (s + 1) * glob]
+        if world > 1:
+            xb, yb = xb[rank * LOCAL : (rank + 1) * LOCAL], yb[rank * LOCAL : (rank + 1) * LOCAL]
+        trainer.step(xb, yb)
+    features = model.features.module if world > 1 else model.features
+    return {
+        "head": [p.detach().clone() for p in model.head.parameters()],
+        "theta": [p.detach().clone() for p in features.parameters()],
+        "sum_lambda": trainer.sum_lambda,
+    }
+
+
+def _worker(rank: int, world: int, port: int, kind: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        torch.save(_train(kind, world, rank), Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["linear", "conv_transpose"])
+def test_two_processes_match_one(tmp_path, kind):
+    single = _train(kind, 1, 0)
+    mp.spawn(_worker, args=(2, _free_port(), kind, str(tmp_path)), nprocs=2, join=True)
+    for r in range(2):
+        multi = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
+        assert multi["sum_lambda"] == pytest.approx(single["sum_lambda"], rel=1e-10)
+        for a, b in zip(multi["head"], single["head"], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        for a, b in zip(multi["theta"], single["theta"], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_message_size_formula():
+    # p = 257, t = 1 (the autoencoder head): upper triangle + cross products + 3 scalars.
+    assert stats_message_bytes(257, 1) == 8 * (257 * 258 // 2 + 257 + 3)
