@@ -258,10 +258,11 @@ def slimtik_update(
         M = M + old
     M = 0.5 * (M + M.T)
     s, V = torch.linalg.eigh(M)
+    # Without memory M = G, so V^T G V is diag(s): skip two O(p^3) products.
+    Gt = torch.diag(s) if not state.grams else V.T @ (G @ V)
     s = s.clamp_min(0.0)
     Ht = V.T @ H
     Wt = V.T @ WT
-    Gt = V.T @ G @ V
     terms = sgcv_terms(s, Gt, Ht, Wt, r2, stats.n_rows)
 
     Lambda = state.sum_lambda
