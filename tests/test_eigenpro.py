@@ -1,0 +1,372 @@
+"""EigenPro's pure functions against explicit eigendecompositions, formulas and KernelRidge."""
+
+from __future__ import annotations
+
+import doctest
+import logging
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from sklearn.kernel_ridge import KernelRidge
+from sklearn.metrics.pairwise import rbf_kernel
+from threadpoolctl import threadpool_limits
+
+from slimtrain.kernels import eigenpro
+from slimtrain.kernels.eigenpro import (
+    NystromEigensystem,
+    Preconditioner,
+    auto_subsample_size,
+    choose_n_components,
+    eigenpro_epoch,
+    eigenpro_preconditioner,
+    eigenpro_setup,
+    eigenpro_solve,
+    eigenpro_step_and_batch,
+    max_batch_size,
+    numerical_component_limit,
+    nystrom_eigensystem,
+    preconditioned_top_eigenvalue,
+    top_eigenpairs,
+)
+from slimtrain.kernels.functions import kernel_matmul, make_kernel
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _few_threads() -> Iterator[None]:
+    """Small problems run on one torch thread and one BLAS thread: with two threads per library
+    on a busy two-core machine, OpenMP barriers and OpenBLAS spinning turned 10 ms eigensolves
+    into seconds."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+    torch.set_num_threads(previous)
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _data(n: int = 300, d: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(n, d))
+    y = np.stack([np.sin(3 * x[:, 0]) + x[:, 1] ** 2, np.cos(2 * x.sum(1))], axis=1)
+    return torch.tensor(x), torch.tensor(y)
+
+
+# --------------------------------------------------------------------------- eigensystem
+
+
+@pytest.mark.parametrize("method", ["eigh", "randomized"])
+def test_top_eigenpairs_match_numpy(method: str) -> None:
+    x, _ = _data(600, 3)
+    gram = rbf_kernel(x.numpy(), gamma=2.0) / 600
+    ref_values, ref_vectors = np.linalg.eigh(gram)
+    ref_values, ref_vectors = ref_values[::-1], ref_vectors[:, ::-1]
+    k = 40
+    values, vectors = top_eigenpairs(torch.tensor(gram), k, method=method, generator=_gen())
+    assert values.dtype == torch.float64 and vectors.shape == (600, k)
+    tol = 1e-10 if method == "eigh" else 1e-6
+    np.testing.assert_allclose(values[: k // 2].numpy(), ref_values[: k // 2], rtol=tol)
+    np.testing.assert_allclose(values.numpy(), ref_values[:k], rtol=1e-2 if tol > 1e-8 else tol)
+    # leading eigenvectors agree up to sign
+    overlap = np.abs(np.sum(vectors[:, :10].numpy() * ref_vectors[:, :10], axis=0))
+    np.testing.assert_allclose(overlap, 1.0, atol=1e-6)
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(k), atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("method", ["eigh", "randomized"])
+def test_nystrom_eigensystem_is_that_of_the_normalised_subsample_gram(
+    dtype: torch.dtype, method: str
+) -> None:
+    x, _ = _data(700, 2)
+    eig = nystrom_eigensystem(make_kernel("gaussian", 0.4), x.to(dtype), 30, method=method,
+                              generator=_gen())
+    ref = np.linalg.eigvalsh(rbf_kernel(x.numpy(), gamma=1 / 0.32) / 700)[::-1]
+    assert eig.eigenvalues.dtype == eig.eigenvectors.dtype == torch.float64
+    tol = 1e-10 if dtype == torch.float64 else 1e-5  # float32 Gram: rounding of its entries
+    np.testing.assert_allclose(eig.eigenvalues[:10].numpy(), ref[:10], rtol=tol)
+    np.testing.assert_allclose(eig.eigenvalues.numpy(), ref[:30], rtol=max(tol, 1e-2))
+
+
+# --------------------------------------------------------------------------- preconditioner
+
+
+def _preconditioned_operator(
+    gram: np.ndarray, pre: Preconditioner, ridge: float
+) -> np.ndarray:
+    """(1/s)(K + rI)(I - E D E^T K) when every point is in the subsample (n = s)."""
+    s = gram.shape[0]
+    e = pre.eigenvectors.double().numpy()
+    d = pre.scale.double().numpy()
+    return (gram + ridge * np.eye(s)) @ (np.eye(s) - e @ np.diag(d) @ e.T @ gram) / s
+
+
+@pytest.mark.parametrize("ridge", [0.0, 0.5])
+@pytest.mark.parametrize("q", [1, 5, 20])
+def test_preconditioner_top_eigenvalue_against_explicit_eigendecomposition(
+    q: int, ridge: float
+) -> None:
+    x, _ = _data(150, 2, seed=3)
+    s = x.shape[0]
+    gram = rbf_kernel(x.numpy(), gamma=4.0)
+    eig = nystrom_eigensystem(make_kernel("gaussian", math.sqrt(1 / 8)), x, q + 1,
+                              method="eigh")
+    pre = eigenpro_preconditioner(eig, q, shift=ridge / s, softening=0.95,
+                                  dtype=torch.float64)
+    op = _preconditioned_operator(gram, pre, ridge)
+    spectrum = np.sort(np.linalg.eigvals(op).real)[::-1]
+    assert spectrum[0] == pytest.approx(pre.top_eigenvalue, rel=1e-8)
+    # the whole spectrum: mu_i^(1-a) mu_q^a for i < q, mu_i beyond (mu = lambda + r/s)
+    mu = np.linalg.eigvalsh(gram / s)[::-1] + ridge / s
+    expected = np.concatenate([mu[:q] ** 0.05 * mu[q] ** 0.95, mu[q:]])
+    np.testing.assert_allclose(spectrum[:40], np.sort(expected)[::-1][:40], rtol=1e-7,
+                               atol=1e-12)
+    assert pre.top_eigenvalue == pytest.approx(mu[0] ** 0.05 * mu[q] ** 0.95, rel=1e-10)
+
+
+def test_preconditioned_top_eigenvalue_formula() -> None:
+    lam = torch.tensor([0.8, 0.3, 0.05, 0.01], dtype=torch.float64)
+    assert preconditioned_top_eigenvalue(lam, 0) == pytest.approx(0.8)
+    assert preconditioned_top_eigenvalue(lam, 2, 0.95) == pytest.approx(0.8 / (0.8 / 0.05)**0.95)
+    assert preconditioned_top_eigenvalue(lam, 3, 0.5) == pytest.approx(math.sqrt(0.8 * 0.01))
+    with pytest.raises(ValueError, match="n_components=4 needs at least 5 eigenvalues"):
+        preconditioned_top_eigenvalue(lam, 4)
+
+
+def test_choose_n_components_is_the_smallest_q_reaching_the_target() -> None:
+    lam = torch.tensor(np.geomspace(0.5, 1e-6, 60))
+    for target in (1, 3, 50, 800, 10**5, 10**9):
+        q = choose_n_components(lam, 1.0, target)
+        brute = next(
+            (j for j in range(60) if 1.0 / preconditioned_top_eigenvalue(lam, j) >= target), 59
+        )
+        assert q == brute
+    assert choose_n_components(lam, 1.0, 10**9, max_components=7) == 7
+
+
+# --------------------------------------------------------------------------- parameter rule
+
+
+@pytest.mark.parametrize(
+    ("beta", "lt1", "m_max"),
+    [(1.0, 1e-3, 10**6), (1.0, 1e-3, 200), (2.5, 0.1, 7), (1.0, 0.5, 1000), (3.0, 3e-5, 10**5)],
+)
+def test_step_and_batch_follow_the_formula(beta: float, lt1: float, m_max: int) -> None:
+    m_star = beta / lt1
+    m_expected = min(math.floor(m_star) + 1, m_max)
+    if m_expected < m_star:
+        eta_expected = 0.99 * m_expected / beta
+    else:
+        eta_expected = 0.99 * 2 * m_expected / (beta + (m_expected - 1) * lt1)
+    m, eta = eigenpro_step_and_batch(beta, lt1, m_max)
+    assert m == m_expected
+    assert eta == pytest.approx(eta_expected, rel=1e-14)
+
+
+def test_step_for_a_fixed_batch_and_bad_arguments() -> None:
+    m, eta = eigenpro_step_and_batch(1.0, 0.01, 10**6, batch_size=40)
+    assert (m, eta) == (40, pytest.approx(0.99 * 40))
+    m, eta = eigenpro_step_and_batch(1.0, 0.01, 10**6, batch_size=400)
+    assert eta == pytest.approx(0.99 * 800 / (1 + 399 * 0.01))
+    with pytest.raises(ValueError, match="beta must be positive"):
+        eigenpro_step_and_batch(0.0, 0.1, 10)
+    with pytest.raises(ValueError, match="top_eigenvalue must be finite"):
+        eigenpro_step_and_batch(1.0, float("nan"), 10)
+    with pytest.raises(ValueError, match="max_batch_size must be >= 1"):
+        eigenpro_step_and_batch(1.0, 0.1, 0)
+
+
+def test_max_batch_size_from_memory() -> None:
+    n, d, ell, b = 5000, 10, 2, 4
+    data = b * n * (d + 3 * ell)
+    assert max_batch_size(data + 123 * b * n, n, d, ell, b) == 123
+    assert max_batch_size(1e15, n, d, ell, b) == n
+    with pytest.raises(ValueError, match="cannot hold the data"):
+        max_batch_size(data, n, d, ell, b)
+
+
+def test_auto_subsample_size() -> None:
+    assert auto_subsample_size(10) == 10
+    assert auto_subsample_size(99_999) == 2000
+    assert auto_subsample_size(100_000) == 12000
+    assert auto_subsample_size(10**6, memory_bytes=24 * 1000**2) == 1000
+
+
+def test_setup_reports_values_consistent_with_the_rule() -> None:
+    x, _ = _data(3000, 4)
+    k = make_kernel("gaussian", 0.3)
+    reserved = 8 * 2000**2 + 4 * 2000 * 161  # subsample Gram (float64) and eigenvectors
+    memory = 4 * 3000 * (4 + 3 * 2) + reserved + 4 * 3000 * 250
+    setup = eigenpro_setup(k, x.float(), n_outputs=2, memory_bytes=memory, generator=_gen(),
+                           subsample_size=2000)
+    p = setup.parameters
+    assert p.subsample_size == 2000 and setup.subsample_index.unique().numel() == 2000
+    assert p.regime == "sgd" and p.max_batch_size == 250
+    assert p.critical_batch_size == pytest.approx(p.beta / p.preconditioned_top_eigenvalue)
+    assert (p.batch_size, p.step_size) == eigenpro_step_and_batch(
+        p.beta, p.preconditioned_top_eigenvalue, p.max_batch_size
+    )
+    assert p.n_components == choose_n_components(
+        nystrom_eigensystem(k, x.float()[setup.subsample_index], 161).eigenvalues,
+        p.beta, p.max_batch_size,
+    )
+
+
+def test_setup_full_batch_regime_on_a_small_problem() -> None:
+    x, _ = _data(300, 2)
+    setup = eigenpro_setup(make_kernel("gaussian", 1.0), x, n_outputs=1, memory_bytes=1e9,
+                           generator=_gen())
+    p = setup.parameters
+    eig = nystrom_eigensystem(make_kernel("gaussian", 1.0), x, 161)  # s = n: all points
+    assert p.regime == "full-batch" and p.batch_size == 300
+    assert p.n_components == numerical_component_limit(eig.eigenvalues, torch.float64) < 160
+    assert p.step_size == pytest.approx(0.99 / p.preconditioned_top_eigenvalue)
+    assert p.critical_batch_size >= 300
+
+
+def test_setup_rejects_too_many_components() -> None:
+    x, _ = _data(50, 2)
+    with pytest.raises(ValueError, match="n_components=60 needs a subsample of at least 61"):
+        eigenpro_setup(make_kernel("gaussian"), x, n_outputs=1, memory_bytes=1e9,
+                       generator=_gen(), n_components=60)
+
+
+# --------------------------------------------------------------------------- iteration
+
+
+def test_full_batch_epoch_is_the_explicit_update() -> None:
+    x, y = _data(80, 2)
+    k = make_kernel("cauchy", 0.5)
+    gram = k(x, x).numpy()
+    eig = nystrom_eigensystem(k, x[:30], 6, method="eigh")  # subsample = first 30 rows
+    pre = eigenpro_preconditioner(eig, 5, dtype=torch.float64)
+    w0 = torch.tensor(np.random.default_rng(1).standard_normal((80, 2)))
+    eta, ridge = 3.0, 0.1
+    got, mse = eigenpro_epoch(k, x, y, w0, pre, batch_size=80, step_size=eta,
+                              generator=_gen(), ridge=ridge, tile_elements=37)
+    w = w0.numpy()
+    g = gram @ w + ridge * w - y.numpy()
+    expected = w - eta / 80 * g
+    e, d = pre.eigenvectors.numpy(), pre.scale.numpy()
+    expected[:30] += eta / 80 * (e @ np.diag(d) @ e.T @ gram[:30] @ g)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-11, atol=1e-11)
+    assert mse == pytest.approx(np.mean((gram @ w - y.numpy()) ** 2), rel=1e-12)
+    assert torch.equal(w0, torch.tensor(w))  # the input is not modified
+
+
+def _krr_dual(x: torch.Tensor, y: torch.Tensor, gamma: float, alpha: float) -> np.ndarray:
+    return KernelRidge(alpha=alpha, kernel="rbf", gamma=gamma).fit(x.numpy(), y.numpy()).dual_coef_
+
+
+def test_ridge_solution_converges_to_kernel_ridge() -> None:
+    x, y = _data(250, 2, seed=5)
+    sigma, ridge = 0.5, 0.05
+    res = eigenpro_solve(make_kernel("gaussian", sigma), x, y, n_epochs=60, memory_bytes=1e9,
+                         generator=_gen(), ridge=ridge, subsample_size=120)
+    dual = _krr_dual(x, y, 1 / (2 * sigma**2), ridge)
+    np.testing.assert_allclose(res.weights.numpy(), dual, rtol=0,
+                               atol=1e-6 * np.abs(dual).max())
+
+
+def test_interpolation_limit_approaches_the_exact_interpolant() -> None:
+    x, y = _data(200, 2, seed=6)
+    xt, _ = _data(100, 2, seed=7)
+    k = make_kernel("laplacian", 1.0)  # condition number ~3e5
+    gram = k(x, x).numpy()
+    exact = k(xt, x).numpy() @ np.linalg.solve(gram, y.numpy())
+    scale = np.abs(exact).max()
+
+    def error(epochs: int, **options: int) -> float:
+        res = eigenpro_solve(k, x, y, n_epochs=epochs, memory_bytes=1e9, generator=_gen(),
+                             **options)  # type: ignore[arg-type]
+        return float(np.abs(kernel_matmul(k, xt, x, res.weights).numpy() - exact).max())
+
+    # sampled batches (SGD regime): the error shrinks steadily as the epochs grow
+    sgd = [error(e, subsample_size=100, batch_size=50) for e in (2, 10, 50, 250)]
+    assert all(a > 2 * b for a, b in zip(sgd, sgd[1:], strict=False))
+    assert sgd[-1] < 1e-3 * scale
+    # all points in the subsample and one batch (full-batch regime): much faster
+    full = [error(e) for e in (2, 10, 50)]
+    assert full[0] > 10 * full[1] > 100 * full[2]
+    assert full[-1] < 1e-5 * scale
+
+
+def test_same_seed_same_result_and_different_seed_different_subsample() -> None:
+    x, y = _data(400, 3)
+    k = make_kernel("gaussian", 0.5)
+
+    def run(seed: int) -> eigenpro.EigenProResult:
+        return eigenpro_solve(k, x.float(), y.float(), n_epochs=3, memory_bytes=2e6,
+                              generator=_gen(seed), subsample_size=100)
+
+    a, b, c = run(1), run(1), run(2)
+    assert torch.equal(a.weights, b.weights)
+    assert a.parameters.batch_size == b.parameters.batch_size < 400
+    assert not torch.equal(a.weights, c.weights)
+
+
+def test_divergence_is_caught_and_the_step_halved(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def too_large(*args: object, **kwargs: object) -> tuple[int, float]:
+        return 20, 100.0  # far beyond the stable step
+
+    monkeypatch.setattr(eigenpro, "eigenpro_step_and_batch", too_large)
+    x, y = _data(200, 2)
+    with caplog.at_level(logging.WARNING, logger="slimtrain.kernels.eigenpro"):
+        res = eigenpro_solve(make_kernel("gaussian", 0.5), x, y, n_epochs=4, memory_bytes=1e5,
+                             generator=_gen(), batch_size=20)
+    assert "diverged" in caplog.text
+    assert res.history[-1].step_size < 100.0
+    assert bool(torch.isfinite(res.weights).all())
+    assert res.history[-1].train_mse < float(y.square().mean())
+
+
+def test_early_stopping_returns_the_best_epoch() -> None:
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.uniform(size=(300, 2)))
+    noisy = torch.sin(4 * x[:, :1]) + 0.5 * torch.tensor(rng.standard_normal((300, 1)))
+    xv = torch.tensor(rng.uniform(size=(200, 2)))
+    yv = torch.sin(4 * xv[:, :1])
+    k = make_kernel("laplacian", 0.1)  # narrow kernel: overfits the noise as epochs grow
+    res = eigenpro_solve(k, x, noisy, n_epochs=40, memory_bytes=1e9, generator=_gen(),
+                         x_val=xv, y_val=yv, early_stopping=True, n_iter_no_change=2,
+                         subsample_size=100, batch_size=30)
+    val = [r.val_mse for r in res.history]
+    assert len(val) < 40
+    assert res.best_epoch == 1 + int(np.argmin(val))
+    got = float((kernel_matmul(k, xv, x, res.weights) - yv).square().mean())
+    assert got == pytest.approx(min(val), rel=1e-10)
+
+
+def test_solver_rejects_bad_arguments() -> None:
+    x, y = _data(20, 2)
+    k = make_kernel("gaussian")
+    with pytest.raises(ValueError, match=r"same rows; got \(20, 2\) and \(19, 2\)"):
+        eigenpro_solve(k, x, y[:19], n_epochs=1, memory_bytes=1e8, generator=_gen())
+    with pytest.raises(ValueError, match="early_stopping needs a validation set"):
+        eigenpro_solve(k, x, y, n_epochs=1, memory_bytes=1e8, generator=_gen(),
+                       early_stopping=True)
+    with pytest.raises(ValueError, match="n_epochs must be >= 1"):
+        eigenpro_solve(k, x, y, n_epochs=0, memory_bytes=1e8, generator=_gen())
+    with pytest.raises(ValueError, match="kernel returned non-finite values"):
+        eigenpro_solve(lambda a, b: torch.full((a.shape[0], b.shape[0]), math.nan,
+                                               dtype=a.dtype),
+                       x, y, n_epochs=1, memory_bytes=1e8, generator=_gen())
+    with pytest.raises(ValueError, match="top_eigenvalue must be finite"):
+        eigenpro_step_and_batch(1.0, -1.0, 5)
+    with pytest.raises(ValueError, match="k must be between 1 and the matrix size 3"):
+        top_eigenpairs(torch.eye(3), 4)
+    with pytest.raises(ValueError, match="softening must be in"):
+        eigenpro_preconditioner(NystromEigensystem(torch.ones(2), torch.eye(2)), 1,
+                                softening=1.5)
+
+
+def test_doctests() -> None:
+    result = doctest.testmod(eigenpro)
+    assert result.attempted > 10 and result.failed == 0
