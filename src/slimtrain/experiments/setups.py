@@ -1,0 +1,104 @@
+"""The training experiments' data and networks (``cdr``, ``peaks``, ``autoencoder``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Subset
+
+from slimtrain.experiments.runner import Setup
+from slimtrain.problems.cdr import make_cdr_dataset
+from slimtrain.problems.mnist import digits_autoencoder_data, mnist_autoencoder_data
+from slimtrain.problems.networks import autoencoder_network, cdr_network, peaks_network
+from slimtrain.problems.peaks import make_peaks_dataset
+
+__all__ = ["TRAINING_EXPERIMENTS", "experiment_defaults", "make_setup"]
+
+TRAINING_EXPERIMENTS = ("cdr", "peaks", "autoencoder")
+
+# Epochs and batch sizes of the full and the --quick versions.
+_DEFAULTS: dict[str, dict[str, dict[str, int]]] = {
+    "cdr": {"full": {"epochs": 50, "batch_size": 5}, "quick": {"epochs": 4, "batch_size": 5}},
+    "peaks": {"full": {"epochs": 20, "batch_size": 5}, "quick": {"epochs": 3, "batch_size": 5}},
+    "autoencoder": {
+        "full": {"epochs": 10, "batch_size": 32},
+        "quick": {"epochs": 2, "batch_size": 32},
+    },
+}
+
+
+def experiment_defaults(name: str, quick: bool = False) -> dict[str, int]:
+    """Default ``epochs`` and ``batch_size`` of a training experiment."""
+    if name not in _DEFAULTS:
+        raise ValueError(f"unknown experiment {name!r}; expected one of {TRAINING_EXPERIMENTS}")
+    return dict(_DEFAULTS[name]["quick" if quick else "full"])
+
+
+def make_setup(
+    name: str,
+    seed: int = 0,
+    data_dir: str | os.PathLike[str] | None = None,
+    quick: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Setup:
+    """Data and network of experiment ``name``.
+
+    Parameters
+    ----------
+    name : {"cdr", "peaks", "autoencoder"}
+    seed : int
+        Seed of the initial weights (the data sets have their own fixed seeds).
+    data_dir : path, optional
+        ``autoencoder``: a folder with MNIST's IDX files (first 8000 images of the 10k test
+        file for training, last 2000 for validation); without it scikit-learn's bundled 8x8
+        digits. Ignored by the others.
+    quick : bool
+        Smaller training sets for smoke runs.
+    cache_dir : path, optional
+        Cache of the CDR simulations.
+    """
+    if name == "cdr":
+        data = make_cdr_dataset(cache_dir=cache_dir)
+        train = Subset(data.train, range(100)) if quick else data.train
+        return Setup(
+            name="cdr",
+            train=train,
+            val=data.val,
+            build=lambda: cdr_network(seed=seed),
+            info={"n_train": len(train), "n_val": len(data.val), "source": "CDR simulator",
+                  "cache": str(data.cache_file)},
+        )
+    if name == "peaks":
+        peaks = make_peaks_dataset(n_train=400 if quick else 2000, n_val=1000)
+        return Setup(
+            name="peaks",
+            train=peaks.train,
+            val=peaks.val,
+            build=lambda: peaks_network(seed=seed),
+            info={"n_train": len(peaks.train), "n_val": len(peaks.val)},
+        )
+    if name == "autoencoder":
+        info: dict[str, Any]
+        if data_dir is not None:
+            ae = mnist_autoencoder_data(Path(data_dir), n_train=8000, n_val=2000)
+            info = {"source": f"MNIST IDX in {data_dir} (first 8000 / last 2000 of t10k)"}
+        else:
+            ae = digits_autoencoder_data()
+            info = {"source": "scikit-learn 8x8 digits"}
+        size = ae.image_size
+        train = Subset(ae.train, range(min(len(ae.train), 1024))) if quick else ae.train
+        info.update(n_train=len(train), n_val=len(ae.val), pixel_mean=ae.mean, pixel_std=ae.std,
+                    image_size=size)
+        return Setup(
+            name="autoencoder",
+            train=train,
+            val=ae.val,
+            build=lambda: autoencoder_network(image_size=size, seed=seed),
+            loss_scale=2.0,
+            loss_label="sum of squared errors per image (standardized pixels)",
+            image_shape=(size, size),
+            info=info,
+        )
+    raise ValueError(f"unknown experiment {name!r}; expected one of {TRAINING_EXPERIMENTS}")
