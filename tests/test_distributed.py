@@ -59,6 +59,7 @@ def _train(kind: str, world: int, rank: int):
 
 
 def _worker(rank: int, world: int, port: int, kind: str, out: str) -> None:
+    torch.set_num_threads(1)  # two processes on a small machine: no OpenMP oversubscription
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     try:

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     _training_options(run)
     run.add_argument("--kernel", default="gaussian", help="kernel experiment: gaussian, "
                      "laplacian or cauchy")
-    run.add_argument("--bandwidth", type=float, default=5.0, help="kernel bandwidth")
+    run.add_argument("--bandwidth", type=float, default=None,
+                     help="kernel bandwidth (default: 5 for digits and MNIST, 1 for friedman)")
     run.add_argument("--dataset", default=None,
                      help="kernel experiment: digits, mnist or friedman (default: mnist with "
                      "--data, else digits)")
