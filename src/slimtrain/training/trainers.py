@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -43,7 +44,7 @@ def _optimizer_params(optimizer: torch.optim.Optimizer) -> set[int]:
     return {id(p) for group in optimizer.param_groups for p in group["params"]}
 
 
-class Trainer:
+class Trainer(ABC):
     """Shared machinery: device/dtype handling of batches, evaluation, modes, persistence."""
 
     model: nn.Module
@@ -137,8 +138,9 @@ class Trainer:
                 f"trainer state does not fit this model/optimizer ({error}); nothing was changed"
             ) from error
 
-    def step(self, x: Tensor, y: Tensor) -> dict[str, float]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """One training step on the batch ``(x, y)``; returns at least ``loss`` and ``time``."""
 
 
 class SlimTrain(Trainer):
