@@ -178,8 +178,11 @@ def test_classifier_labels_scores_and_validation_history() -> None:
     assert last["val_error"] == pytest.approx(1 - clf.score(x[200:], y[200:]))
     onehot = (y[200:, None] == labels[None, :]).astype(float)
     scores = clf.decision_function(x[200:])
-    # float32 sums in another order (the solver keeps the subsample first): 1e-3 relative
-    assert last["val_mse"] == pytest.approx(np.mean((scores - onehot) ** 2), rel=1e-3)
+    # The history's prediction sums weights_j k(x, x_j) in the solver's order (subsample first),
+    # decision_function in the data's order. In float32 with q at the precision limit
+    # (numerical_component_limit: rounding amplified up to 1 / (100 eps) ~ 8e4) the two differ
+    # by ~1e-3 relative (measured 1.05e-3 here), so the tolerance is 5e-3.
+    assert last["val_mse"] == pytest.approx(np.mean((scores - onehot) ** 2), rel=5e-3)
     binary = EigenProClassifier(bandwidth=1.0, n_epochs=3, random_state=0)
     binary.fit(x[:200], y[:200] == "ant")
     decision = binary.decision_function(x[200:])
