@@ -78,6 +78,7 @@ from torch import Tensor, nn
 
 from slimtrain._validation import check_finite, check_same_device, check_tensor
 from slimtrain.linalg.stats import GramStats
+from slimtrain.linalg.structured import GramStructure
 
 __all__ = [
     "Conv2dAdapter",
@@ -893,7 +894,30 @@ class ConvTranspose2dAdapter(_Conv2dBase[nn.ConvTranspose2d]):
             ztc[idx] = cross[:, :t]
             if biased:
                 ztz[idx, -1] = cross[:, t]
-        return _finish_conv_stats(ztz, ztc, c_cn, biased, n, n * ho * wo)
+        stats = _finish_conv_stats(ztz, ztc, c_cn, biased, n, n * ho * wo)
+        return stats._replace(structure=_transpose_structure(plan, c_in, kk, biased))
+
+
+@functools.lru_cache(maxsize=128)
+def _transpose_structure(
+    plan: _TransposePlan, c_in: int, kk: int, biased: bool
+) -> GramStructure | None:
+    """The block structure of a transposed convolution's Gram: one group per output phase.
+
+    A row of phase ``(ry, rx)`` touches only that phase's taps (of every input channel), so
+    ``Z^T Z`` is zero between phases except in the ones column. Taps that reach no output
+    form one more (all-zero) group. ``None`` when there are fewer than two groups (stride 1).
+    """
+    groups = []
+    seen: set[int] = set()
+    for phase in plan.phases:
+        cols = tuple(sorted(c * kk + col for c in range(c_in) for col in phase.columns))
+        groups.append(cols)
+        seen.update(cols)
+    rest = tuple(j for j in range(c_in * kk) if j not in seen)
+    if rest:
+        groups.append(rest)
+    return GramStructure(tuple(groups), biased) if len(groups) >= 2 else None
 
 
 # --------------------------------------------------------------------------------------------

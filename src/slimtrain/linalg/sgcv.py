@@ -46,6 +46,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from slimtrain.linalg.structured import ArrowTerms, arrow_values
+
 __all__ = ["SGCVTerms", "sgcv_terms", "sgcv_values", "candidate_grid", "select_lambda_sgcv"]
 
 _EPS = float(torch.finfo(torch.float64).eps)
@@ -114,13 +116,16 @@ def sgcv_terms(
     return SGCVTerms(s, quad, lin, torch.diagonal(Gt).clone(), r2, int(rows), int(Ht.shape[1]))
 
 
-def sgcv_values(terms: SGCVTerms, lams: Tensor, sum_lambda: float) -> tuple[Tensor, Tensor]:
+def sgcv_values(
+    terms: SGCVTerms | ArrowTerms, lams: Tensor, sum_lambda: float
+) -> tuple[Tensor, Tensor]:
     """sGCV and post-update squared residual for a batch of candidate increments.
 
     Parameters
     ----------
-    terms : SGCVTerms
-        From :func:`sgcv_terms`.
+    terms : SGCVTerms or ArrowTerms
+        From :func:`sgcv_terms` (dense eigenbasis), or the block-arrow terms of
+        :mod:`slimtrain.linalg.structured`.
     lams : Tensor
         Candidate increments, shape ``(n_candidates,)``; ``sum_lambda + lams`` must be positive.
     sum_lambda : float
@@ -133,6 +138,9 @@ def sgcv_values(terms: SGCVTerms, lams: Tensor, sum_lambda: float) -> tuple[Tens
     residual : Tensor
         ``||Zs W(lam)^T - Cs||_F^2``, shape ``(n_candidates,)``, clipped at 0.
     """
+    if isinstance(terms, ArrowTerms):
+        gcv, residual, _ = arrow_values(terms, lams, sum_lambda)
+        return gcv, residual
     d = 1.0 / (terms.s.unsqueeze(0) + (sum_lambda + lams).unsqueeze(1))  # (n, p)
     # Quadratic forms d^T Q d for the three matrices at once: (3, n).
     qf = ((d.unsqueeze(0) @ terms.quad) * d.unsqueeze(0)).sum(-1)
@@ -183,7 +191,7 @@ def _signed_exp(u: Tensor) -> Tensor:
 
 
 def select_lambda_sgcv(
-    terms: SGCVTerms,
+    terms: SGCVTerms | ArrowTerms,
     sum_lambda: float,
     lower: float,
     upper: float,
@@ -203,8 +211,8 @@ def select_lambda_sgcv(
 
     Parameters
     ----------
-    terms : SGCVTerms
-        From :func:`sgcv_terms`.
+    terms : SGCVTerms or ArrowTerms
+        From :func:`sgcv_terms`, or the block-arrow terms of :mod:`slimtrain.linalg.structured`.
     sum_lambda : float
         Current ``Lambda``.
     lower, upper : float
@@ -229,7 +237,7 @@ def select_lambda_sgcv(
     ----------
     Newman, Chung, Chung, Ruthotto, SIAM J. Sci. Comput. 44(4), 2022, section 3.2.
     """
-    dtype, device = terms.s.dtype, terms.s.device
+    dtype, device = terms.r2.dtype, terms.r2.device
     lams = candidate_grid(sum_lambda, lower, upper, n_candidates, dtype=dtype, device=device)
     gcv, _ = sgcv_values(terms, lams, sum_lambda)
     best = int(torch.argmin(gcv))

@@ -13,7 +13,9 @@ batch), the batch Gram :math:`G = Z_s^\top Z_s`, the memory Gram
 
 with :math:`\lambda_k` chosen by sampled GCV (:mod:`slimtrain.linalg.sgcv`) or fixed
 (``lambda_rule="constant"``). One eigendecomposition :math:`M = V \operatorname{diag}(s) V^\top`
-(float64) serves the solve and every sGCV candidate. The step needs only
+(float64) serves the solve and every sGCV candidate; when the statistics carry a block
+structure (a strided transposed-convolution head), the blocks are eigendecomposed instead
+(:mod:`slimtrain.linalg.structured`). The step needs only
 :class:`~slimtrain.linalg.stats.GramStats` of the batch, so its cost after forming them is
 ``O(p^3 + n_candidates p^2 + p^2 t)``, independent of the batch size, and sums of the statistics
 over processes give the distributed step.
@@ -36,6 +38,7 @@ References
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any, Literal, NamedTuple
@@ -43,8 +46,15 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from slimtrain.linalg.sgcv import select_lambda_sgcv, sgcv_terms, sgcv_values
+from slimtrain.linalg.sgcv import SGCVTerms, select_lambda_sgcv, sgcv_terms, sgcv_values
 from slimtrain.linalg.stats import GramStats
+from slimtrain.linalg.structured import (
+    ArrowTerms,
+    GramStructure,
+    arrow_values,
+    block_basis,
+    fits_structure,
+)
 
 __all__ = [
     "SlimTikConfig",
@@ -257,13 +267,12 @@ def slimtik_update(
     for old in state.grams:
         M = M + old
     M = 0.5 * (M + M.T)
-    s, V = torch.linalg.eigh(M)
-    # Without memory M = G, so V^T G V is diag(s): skip two O(p^3) products.
-    Gt = torch.diag(s) if not state.grams else V.T @ (G @ V)
-    s = s.clamp_min(0.0)
-    Ht = V.T @ H
-    Wt = V.T @ WT
-    terms = sgcv_terms(s, Gt, Ht, Wt, r2, stats.n_rows)
+    structure = stats.structure
+    terms: SGCVTerms | ArrowTerms
+    if structure is not None and _use_structure(structure, M, W.shape[0], config.n_candidates):
+        terms, finish = _structured_step(G, M, H, WT, r2, stats.n_rows, structure)
+    else:
+        terms, finish = _dense_step(G, M, H, WT, r2, stats.n_rows, not state.grams)
 
     Lambda = state.sum_lambda
     floor = config.lower - Lambda  # smallest admissible increment
@@ -293,10 +302,7 @@ def slimtik_update(
     lam = new_lambda - Lambda
 
     lam_t = torch.tensor([lam], dtype=W.dtype, device=W.device)
-    gcv, residual = sgcv_values(terms, lam_t, Lambda)
-    d = 1.0 / (s + new_lambda)
-    U = d.unsqueeze(1) * (Ht + lam * Wt)  # (p, t)
-    W_new = (WT - V @ U).T.contiguous()
+    W_new, gcv, residual = finish(lam_t, Lambda, new_lambda)
 
     rel = math.sqrt(float(residual[0]) / float(ctc)) if float(ctc) > 0 else math.sqrt(
         float(residual[0])
@@ -307,3 +313,78 @@ def slimtik_update(
     state_new = SlimTikState(grams, rows, new_lambda, state.step + 1)
     info = SlimTikInfo(lam, new_lambda, float(gcv[0]), rel, status)
     return W_new, state_new, info
+
+
+# Finishes a step: (lam as a 1-element tensor, Lambda before, Lambda after) -> (W_new, sGCV at
+# lam, squared residual after the update), both of shape (1,).
+_Finish = Callable[[Tensor, float, float], tuple[Tensor, Tensor, Tensor]]
+
+# Trial points of one sGCV selection: 2 n_candidates + 1 on the grid, 2 x 16 in the refinement.
+_REFINE_POINTS = 32
+
+
+def _use_structure(structure: GramStructure, M: Tensor, t: int, n_candidates: int) -> bool:
+    """Take the block path when the structure holds for ``M`` and is cheaper than ``eigh``.
+
+    Without a bias every candidate costs ``O(p^2)`` either way and the blocks always pay; with
+    one, a candidate costs ``O(p^2 t)`` against the dense path's ``O(p^3)`` once, so the
+    block path is taken while ``n_trials * t <= p``.
+    """
+    if len(structure.groups) < 2 or structure.p != M.shape[0]:
+        return False
+    if structure.bias and (2 * n_candidates + 1 + _REFINE_POINTS) * t > M.shape[0]:
+        return False
+    return fits_structure(M, structure)
+
+
+def _dense_step(
+    G: Tensor, M: Tensor, H: Tensor, WT: Tensor, r2: Tensor, rows: int, memory_empty: bool
+) -> tuple[SGCVTerms, _Finish]:
+    """One ``eigh`` of ``M = V diag(s) V^T``; sGCV in that basis (:mod:`slimtrain.linalg.sgcv`)."""
+    s, V = torch.linalg.eigh(M)
+    # Without memory M = G, so V^T G V is diag(s): skip two O(p^3) products.
+    Gt = torch.diag(s) if memory_empty else V.T @ (G @ V)
+    s = s.clamp_min(0.0)
+    Ht = V.T @ H  # (p, t)
+    Wt = V.T @ WT  # (p, t)
+    terms = sgcv_terms(s, Gt, Ht, Wt, r2, rows)
+
+    def finish(lam: Tensor, sum_lambda: float, new_lambda: float) -> tuple[Tensor, Tensor, Tensor]:
+        gcv, residual = sgcv_values(terms, lam, sum_lambda)
+        U = (1.0 / (s + new_lambda)).unsqueeze(1) * (Ht + lam * Wt)  # (p, t)
+        return (WT - V @ U).T.contiguous(), gcv, residual
+
+    return terms, finish
+
+
+def _structured_step(
+    G: Tensor, M: Tensor, H: Tensor, WT: Tensor, r2: Tensor, rows: int,
+    structure: GramStructure,
+) -> tuple[SGCVTerms | ArrowTerms, _Finish]:
+    """Block ``eigh`` of a block-arrow ``M`` (:mod:`slimtrain.linalg.structured`)."""
+    basis = block_basis(M, structure)
+    Gt = basis.rotate_gram(G, structure.bias)
+    Ht = basis.rotate(H)
+    Wt = basis.rotate(WT)
+    if not structure.bias:  # the rotated M is diag(a): the dense formulas apply as they are
+        dense = sgcv_terms(basis.a, Gt, Ht, Wt, r2, rows)
+
+        def finish_diag(
+            lam: Tensor, sum_lambda: float, new_lambda: float
+        ) -> tuple[Tensor, Tensor, Tensor]:
+            gcv, residual = sgcv_values(dense, lam, sum_lambda)
+            U = (1.0 / (basis.a + new_lambda)).unsqueeze(1) * (Ht + lam * Wt)
+            return (WT - basis.unrotate(U)).T.contiguous(), gcv, residual
+
+        return dense, finish_diag
+    column = basis.rotate(M[:, -1:])  # (p, 1): the rotated bias column, its corner last
+    terms = ArrowTerms(basis.a, column[:-1, 0], float(column[-1, 0]), Gt, Ht, Wt, r2, rows,
+                       int(H.shape[1]))
+
+    def finish_arrow(
+        lam: Tensor, sum_lambda: float, new_lambda: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        gcv, residual, U = arrow_values(terms, lam, sum_lambda)
+        return (WT - basis.unrotate(U[0])).T.contiguous(), gcv, residual
+
+    return terms, finish_arrow

@@ -13,6 +13,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from slimtrain.linalg.structured import GramStructure
+
 __all__ = ["GramStats", "gram_statistics"]
 
 
@@ -31,6 +33,10 @@ class GramStats(NamedTuple):
         Samples in the batch (``N``); the ``reduction="mean"`` scaling divides by it.
     n_rows : int
         Rows of the batch system (``N`` for a dense head, ``N * L`` for a convolutional one).
+    structure : GramStructure, optional
+        Known zeros of ``Z^T Z`` (block diagonal plus a bias column, as for a strided
+        transposed convolution); the step then eigendecomposes the blocks only
+        (:mod:`slimtrain.linalg.structured`). ``None``: dense.
     """
 
     ztz: Tensor
@@ -38,6 +44,7 @@ class GramStats(NamedTuple):
     ctc: Tensor
     n_samples: int
     n_rows: int
+    structure: GramStructure | None = None
 
     def __add__(self, other: object) -> GramStats:
         """Statistics of the union of two disjoint row sets (not tuple concatenation)."""
@@ -49,6 +56,7 @@ class GramStats(NamedTuple):
             self.ctc + other.ctc,
             self.n_samples + other.n_samples,
             self.n_rows + other.n_rows,
+            self.structure if self.structure == other.structure else None,
         )
 
 

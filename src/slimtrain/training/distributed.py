@@ -113,7 +113,8 @@ def distributed_reducer(
         ctc, n_samples, n_rows = message[n_tri + p * t :]
         if debug:
             check_same_across_ranks(message, "slimTik batch statistics", group)
-        return GramStats(ztz, ztc, ctc, int(round(float(n_samples))), int(round(float(n_rows))))
+        return GramStats(ztz, ztc, ctc, int(round(float(n_samples))), int(round(float(n_rows))),
+                         stats.structure)
 
     return reduce
 
