@@ -377,3 +377,87 @@ def test_repr_and_reset():
     assert "step=1" in repr(s) and "memory_depth=2" in repr(s)
     s.reset()
     assert s.n_steps == 0 and s.sum_lambda == 1e-10 and s.state.grams == ()
+
+
+def _stepped_solver(memory_depth: int = 2, steps: int = 3, seed: int = 12) -> SlimTik:
+    gen = torch.Generator().manual_seed(seed)
+    solver = SlimTik(memory_depth=memory_depth)
+    W = torch.zeros(2, 5, dtype=f64)
+    for Z, C in _batches(gen, 5, 2, [20] * steps):
+        W, _ = solver.step(W, Z, C)
+    return solver
+
+
+def _spoil(sd: dict, key: str, value) -> dict:
+    out = dict(sd, config=dict(sd["config"]))
+    if key.startswith("config."):
+        out["config"][key.removeprefix("config.")] = value
+    else:
+        out[key] = value
+    return out
+
+
+_G = torch.eye(5, dtype=f64)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("sum_lambda", float("nan"), "finite"),
+        ("sum_lambda", float("inf"), "finite"),
+        ("sum_lambda", "0.1", "finite"),
+        ("sum_lambda", True, "finite"),
+        ("sum_lambda", 1e-9, "below lower"),  # lower is 1e-7; three steps were taken
+        ("step", -1, "non-negative int"),
+        ("step", 2.0, "non-negative int"),
+        ("step", 1, "<= step"),  # two Grams cannot come from one step
+        ("rows", [20, -1], "non-negative ints"),
+        ("rows", [20.0, 20], "non-negative ints"),
+        ("rows", [20], "equal counts"),
+        ("rows", 20, "must be a list"),
+        ("grams", [_G, _G.float()], "float64 square"),
+        ("grams", [_G, torch.ones(5, dtype=f64)], "float64 square"),
+        ("grams", [_G, torch.ones(5, 4, dtype=f64)], "float64 square"),
+        ("grams", [_G, torch.eye(4, dtype=f64)], "one shape"),
+        ("grams", [_G, _G * float("nan")], "non-finite"),
+        ("grams", [_G, [[1.0]]], "float64 tensor"),
+        ("grams", _G, "must be a list"),
+        ("config.memory_depth", 1, "memory_depth=1"),  # two Grams do not fit a depth of 1
+        ("config.memory_depth", -1, "config' is invalid"),
+        ("config.lower", 1.0, "below lower"),  # Lambda of the state is below the new lower
+        ("config.momentum", 0.9, "unknown keys"),
+        ("config", [("memory_depth", 2)], "must be a dict"),
+    ],
+)
+def test_load_state_dict_rejects_each_inconsistency_without_changing_state(key, value, match):
+    source = _stepped_solver()
+    sd = source.state_dict()
+    target = _stepped_solver(memory_depth=3, steps=1, seed=13)
+    config_before, before = target.config, _snapshot(target)
+    with pytest.raises(ValueError, match=match):
+        target.load_state_dict(_spoil(sd, key, value))
+    after = _snapshot(target)
+    assert target.config == config_before
+    assert before[:2] == after[:2] and before[3] == after[3]
+    assert all(torch.equal(a, b) for a, b in zip(before[2], after[2], strict=True))
+    target.load_state_dict(sd)  # the unspoiled dict loads
+    assert target.config == source.config and _snapshot(target)[:2] == _snapshot(source)[:2]
+
+
+def test_fresh_solver_state_round_trips_below_lower():
+    # Before the first step Lambda is initial_lambda (1e-10), below lower (1e-7): still valid.
+    fresh = SlimTik()
+    other = _stepped_solver()
+    other.load_state_dict(fresh.state_dict())
+    assert other.n_steps == 0 and other.sum_lambda == 1e-10 and other.state.grams == ()
+    with pytest.raises(ValueError, match="below lower"):
+        other.load_state_dict(dict(fresh.state_dict(), sum_lambda=1e-9))
+
+
+def test_loaded_grams_do_not_alias_the_state_dict():
+    source = _stepped_solver()
+    sd = source.state_dict()
+    target = SlimTik()
+    target.load_state_dict(sd)
+    sd["grams"][0].fill_(0.0)
+    assert not torch.equal(target.state.grams[0], sd["grams"][0])

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -143,6 +146,99 @@ def test_resume_is_bit_identical(tmp_path, dtype):
     assert full_history.best_epoch == resumed_history.best_epoch
 
 
+def _assert_same_run(full, full_history, resumed, resumed_history):
+    """Bit-identical parameters and buffers, Lambda and history (but the timings)."""
+    for (k, a), (_, b) in zip(full.model.state_dict().items(),
+                              resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    assert full.sum_lambda == resumed.sum_lambda
+    assert len(full_history.records) == len(resumed_history.records)
+    for a, b in zip(full_history.records, resumed_history.records, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            if k != "epoch_time":
+                assert a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])), k
+    assert full_history.best_epoch == resumed_history.best_epoch
+    assert full_history.best_val_loss == resumed_history.best_val_loss
+
+
+def test_resume_restores_the_global_rng_that_dropout_draws_from(tmp_path):
+    # Dropout draws its masks from the global torch RNG: unless the resume restores it, the
+    # resumed epochs use other masks than the uninterrupted run.
+    def build():
+        torch.manual_seed(21)
+        features = nn.Sequential(nn.Linear(4, 12), nn.Tanh(), nn.Dropout(0.3), nn.Linear(12, 12),
+                                 nn.Tanh())
+        model = SeparableModel(features, nn.Linear(12, 3))
+        trainer = SlimTrain(model, torch.optim.Adam(model.feature_parameters(), lr=1e-2))
+        return trainer, *_loaders(seed=21, n_train=256)
+
+    full, train, val = build()
+    full_history = fit(full, train, val, epochs=3)
+    ckpt = tmp_path / "dropout.pt"
+    part, train, val = build()
+    fit(part, train, val, epochs=1, callbacks=[Checkpoint(ckpt)])
+    resumed, train, val = build()
+    torch.manual_seed(999)  # disturb every global RNG after the model is built
+    torch.rand(11)
+    np.random.seed(3)  # noqa: NPY002
+    random.seed(4)
+    resumed_history = fit(resumed, train, val, epochs=3, resume=ckpt)
+    _assert_same_run(full, full_history, resumed, resumed_history)
+
+
+def _spoil_checkpoint(data, how):
+    if how == "no_records":
+        del data["history"]["records"]
+    elif how == "bad_record":
+        data["history"]["records"][0]["train_loss"] = "low"
+    elif how == "short_history":
+        data["history"]["records"].pop()
+    elif how == "no_numpy_rng":
+        del data["rng"]["numpy"]
+    elif how == "bad_torch_rng":
+        data["rng"]["torch"] = data["rng"]["torch"][:10]
+    elif how == "bad_python_rng":
+        data["rng"]["python"][1] = data["rng"]["python"][1][:5]
+    elif how == "bad_epoch":
+        data["epoch"] = -1
+    elif how == "bad_model_tensor":  # found only by the trainer's load, after the RNGs are set
+        data["trainer"]["model"]["features.0.weight"] = torch.zeros(3, 3)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("how", "match"),
+    [
+        ("generators", "1 data-loader generator states but the loaders given have 0"),
+        ("no_records", "malformed history.*'records'"),
+        ("bad_record", "history record 0"),
+        ("short_history", "history ends at epoch 0"),
+        ("no_numpy_rng", "RNG state holds"),
+        ("bad_torch_rng", "RNG state 'torch' is malformed"),
+        ("bad_python_rng", "RNG state 'python' is malformed"),
+        ("bad_epoch", "non-negative int"),
+        ("bad_model_tensor", "does not fit this model"),
+    ],
+)
+def test_resume_that_does_not_fit_changes_nothing(tmp_path, how, match):
+    train, val = _loaders(seed=15, n_train=128)
+    fit(_slimtrain(15), train, val, epochs=1, callbacks=[Checkpoint(tmp_path / "c.pt")])
+    spoiled = tmp_path / "spoiled.pt"
+    torch.save(_spoil_checkpoint(torch.load(tmp_path / "c.pt", weights_only=True), how), spoiled)
+    if how == "generators":  # readable and intact, but written with a seeded shuffling loader
+        train = DataLoader(train.dataset, batch_size=32, shuffle=False)
+    fresh = _slimtrain(16)
+    x, y = _regression_data(32, seed=16)
+    fresh.step(x, y)  # an optimizer and solver state that a load would replace
+    before = copy.deepcopy(fresh.state_dict())
+    rng_before = torch.get_rng_state()
+    with pytest.raises(ValueError, match=match):
+        fit(fresh, train, val, epochs=2, resume=spoiled)
+    _assert_state_equal(before, fresh.state_dict())
+    assert torch.equal(torch.get_rng_state(), rng_before)
+
+
 def test_checkpoint_loads_weights_only_and_corrupt_file_is_rejected(tmp_path):
     train, val = _loaders(seed=6, n_train=128)
     trainer = _slimtrain(6)
@@ -204,6 +300,97 @@ def test_bad_batch_leaves_everything_unchanged(make_batch, error, match):
     _assert_state_equal(before, trainer.state_dict())
 
 
+def _bn_first_model(seed: int) -> SeparableModel:
+    torch.manual_seed(seed)
+    features = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 12), nn.Tanh())
+    return SeparableModel(features, nn.Linear(12, 3))
+
+
+@pytest.mark.parametrize("method", ["slimtrain", "gradient"])
+def test_forward_failure_is_a_value_error_and_changes_nothing(method):
+    model = _bn_first_model(18)
+    if method == "slimtrain":
+        trainer = SlimTrain(model, torch.optim.Adam(model.feature_parameters(), lr=1e-2))
+    else:
+        trainer = GradientTrainer(model, torch.optim.Adam(model.parameters(), lr=1e-2))
+    x, y = _regression_data(32, seed=18)
+    trainer.step(x, y)
+    before = copy.deepcopy(trainer.state_dict())
+    # BatchNorm1d takes (N, C, L) and updates its running statistics; the Linear then fails.
+    bad = x.unsqueeze(-1).expand(32, 4, 2).contiguous()
+    with pytest.raises(ValueError, match=r"forward failed on x of shape \(32, 4, 2\)") as excinfo:
+        trainer.step(bad, y)
+    assert isinstance(excinfo.value.__cause__, RuntimeError)
+    _assert_state_equal(before, trainer.state_dict())
+    trainer.step(x, y)  # and the trainer still works
+
+
+@pytest.mark.parametrize("where", ["solver", "loss"])
+def test_any_failure_in_a_slimtrain_step_restores_buffers_w_and_solver(monkeypatch, where):
+    trainer = _slimtrain(19)
+    trainer.model.features.append(nn.BatchNorm1d(12))  # a buffer the forward updates
+    x, y = _regression_data(32, seed=19)
+    trainer.step(x, y)
+    before = copy.deepcopy(trainer.state_dict())
+    last_info = trainer.solver.last_info
+
+    def boom(*args, **kwargs):
+        raise FloatingPointError("boom")
+
+    if where == "solver":
+        monkeypatch.setattr(trainer.solver, "step_statistics", boom)
+    else:  # after slimTik has updated W and its state
+        monkeypatch.setattr("slimtrain.training.trainers.squared_loss", boom)
+    with pytest.raises(FloatingPointError, match="boom"):
+        trainer.step(x * 0.5, y)
+    _assert_state_equal(before, trainer.state_dict())
+    assert trainer.solver.last_info == last_info
+
+
+def test_non_ok_status_warns_once_then_logs_at_debug(caplog):
+    trainer = _slimtrain(17, memory_depth=0)  # p = 12 features + bias = 13 unknowns
+    x, y = _regression_data(8, seed=17)  # 8 rows <= 13: degenerate
+    name = "slimtrain.training.trainers"
+    with caplog.at_level(logging.DEBUG, logger=name):
+        infos = [trainer.step(x, y) for _ in range(3)]
+    assert [info["status_ok"] for info in infos] == [0.0, 0.0, 0.0]
+    mine = [r for r in caplog.records if r.name == name]
+    warnings = [r for r in mine if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "memory_depth" in warnings[0].getMessage()  # the status's advice reaches the user
+    assert len([r for r in mine if r.levelno == logging.DEBUG]) == 2
+    ok = _slimtrain(17, lambda_rule="constant").step(*_regression_data(64, seed=17))
+    assert ok["status_ok"] == 1.0
+
+
+def test_gradient_trainer_keeps_parameters_frozen_by_the_user():
+    def frozen_model():
+        model = SeparableModel(_features(22), nn.Linear(12, 3))
+        for p in model.features[0].parameters():
+            p.requires_grad_(False)
+        return model
+
+    model = frozen_model()
+    trainer = GradientTrainer(model, torch.optim.Adam(model.parameters(), lr=1e-2))
+    assert not any(p.requires_grad for p in model.features[0].parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+    frozen = [p.clone() for p in model.features[0].parameters()]
+    head, second = model.head.weight.clone(), model.features[2].weight.clone()
+    trainer.step(*_regression_data(32, seed=22))
+    assert all(torch.equal(a, b) for a, b in zip(frozen, model.features[0].parameters(),
+                                                 strict=True))
+    assert not torch.equal(head, model.head.weight)
+    assert not torch.equal(second, model.features[2].weight)
+    # The frozen parameters need not be in the optimizer; the head's must.
+    model = frozen_model()
+    trained = [p for n, p in model.named_parameters() if not n.startswith("features.0.")]
+    GradientTrainer(model, torch.optim.Adam(trained))
+    model = frozen_model()
+    with pytest.raises(ValueError, match="head.weight"):
+        GradientTrainer(model, torch.optim.Adam(model.feature_parameters()))
+    assert not any(p.requires_grad for p in model.head.parameters())  # nothing changed
+
+
 def test_gradient_trainer_needs_every_parameter_and_trains_the_head():
     model = SeparableModel(_features(9), nn.Linear(12, 3))
     with pytest.raises(ValueError, match="lacks"):
@@ -258,6 +445,27 @@ def test_callbacks_write_files(tmp_path):
     assert payload["records"][2]["sum_lambda"] == pytest.approx(trainer.sum_lambda)
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert trainer.best_state_dict is not None
+
+
+def test_tensorboard_step_count_continues_after_resume(tmp_path):
+    pytest.importorskip("tensorboard")  # an optional extra: slimtrain[tensorboard]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def steps(log_dir, tag):
+        events = EventAccumulator(str(log_dir))
+        events.Reload()
+        return [event.step for event in events.Scalars(tag)]
+
+    ckpt = tmp_path / "run.pt"
+    train, val = _loaders(seed=23, n_train=128)  # 4 batches per epoch
+    fit(_slimtrain(23), train, val, epochs=1,
+        callbacks=[Checkpoint(ckpt), TensorBoardLogger(tmp_path / "first")])
+    train, val = _loaders(seed=23, n_train=128)
+    fit(_slimtrain(23), train, val, epochs=3, resume=ckpt,
+        callbacks=[TensorBoardLogger(tmp_path / "second")])
+    assert steps(tmp_path / "first", "train/step_loss") == [1, 2, 3, 4]
+    assert steps(tmp_path / "second", "train/step_loss") == list(range(5, 13))
+    assert steps(tmp_path / "second", "train/train_loss") == [2, 3]
 
 
 def test_best_state_is_the_best_validation_iterate():

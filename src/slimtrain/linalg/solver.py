@@ -2,8 +2,10 @@ r"""The stateful slimTik solver: a thin, validated shell over :func:`slimtik_upd
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -213,12 +215,10 @@ class SlimTik:
             stats = self.reducer(stats)
         device = W.device
         work = torch.float64
-        stats64 = GramStats(
-            stats.ztz.to(device=device, dtype=work),
-            stats.ztc.to(device=device, dtype=work),
-            stats.ctc.to(device=device, dtype=work),
-            stats.n_samples,
-            stats.n_rows,
+        stats64 = stats._replace(  # keeps the other fields (counts, structure) as they are
+            ztz=stats.ztz.to(device=device, dtype=work),
+            ztc=stats.ztc.to(device=device, dtype=work),
+            ctc=stats.ctc.to(device=device, dtype=work),
         )
         state = self.state
         if any(g.device != device for g in state.grams):
@@ -252,30 +252,97 @@ class SlimTik:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`; validated before anything changes."""
+        """Restore from :meth:`state_dict`; validated in full before anything changes.
+
+        Accepted: ``config`` with keys of :class:`SlimTikConfig` only (missing ones take their
+        defaults); ``step`` a non-negative int; ``sum_lambda`` a finite real number
+        ``>= config.lower`` (at ``step == 0`` it may instead be ``config.initial_lambda``, the
+        starting value, which may lie below ``lower``); ``rows`` non-negative ints; ``grams``
+        finite float64 square 2-D tensors of one shape ``(p, p)``, as many as ``rows``, at most
+        ``memory_depth`` and at most ``step``.
+
+        Raises
+        ------
+        TypeError
+            If ``state_dict`` is not a dict.
+        ValueError
+            For anything else that is not as above, naming what was found and what is expected;
+            the solver is then exactly as before.
+        """
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, found {type(state_dict).__name__}")
         missing = {"config", "grams", "rows", "sum_lambda", "step"} - set(state_dict)
         if missing:
             raise ValueError(f"state_dict lacks keys {sorted(missing)}; expected SlimTik's own")
-        config = SlimTikConfig(**state_dict["config"])
-        grams = tuple(state_dict["grams"])
-        rows = tuple(int(r) for r in state_dict["rows"])
-        if len(grams) != len(rows) or len(grams) > config.memory_depth:
+        config = _config_from_dict(state_dict["config"])
+        step = state_dict["step"]
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+            raise ValueError(f"state_dict 'step' must be a non-negative int, found {step!r}")
+        sum_lambda = state_dict["sum_lambda"]
+        if (
+            isinstance(sum_lambda, bool)
+            or not isinstance(sum_lambda, (int, float))
+            or not math.isfinite(sum_lambda)
+        ):
             raise ValueError(
-                f"state_dict holds {len(grams)} Grams and {len(rows)} row counts for "
-                f"memory_depth={config.memory_depth}; expected equal counts <= memory_depth"
+                f"state_dict 'sum_lambda' must be a finite real number, found {sum_lambda!r}"
             )
-        for g in grams:
-            check_tensor("stored Gram", g, ndim=2)
-            check_finite("stored Gram", g)
+        starting = step == 0 and sum_lambda == config.initial_lambda
+        if sum_lambda < config.lower and not starting:
+            raise ValueError(
+                f"state_dict 'sum_lambda' is {sum_lambda!r}, below lower={config.lower!r} of its "
+                "config; expected Lambda >= lower (or initial_lambda before the first step)"
+            )
+        raw_rows, raw_grams = state_dict["rows"], state_dict["grams"]
+        for name, value in (("rows", raw_rows), ("grams", raw_grams)):
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(
+                    f"state_dict {name!r} must be a list, found {type(value).__name__}"
+                )
+        if (
+            len(raw_grams) != len(raw_rows)
+            or len(raw_grams) > config.memory_depth
+            or len(raw_grams) > step
+        ):
+            raise ValueError(
+                f"state_dict holds {len(raw_grams)} Grams and {len(raw_rows)} row counts for "
+                f"memory_depth={config.memory_depth} after {step} steps; expected equal counts "
+                "<= memory_depth and <= step"
+            )
+        for r in raw_rows:
+            if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 0:
+                raise ValueError(
+                    f"state_dict 'rows' must hold non-negative ints, found {r!r} in {raw_rows!r}"
+                )
+        shape: tuple[int, ...] | None = None
+        for i, g in enumerate(raw_grams):
+            if not isinstance(g, Tensor):
+                raise ValueError(
+                    f"state_dict Gram {i} is a {type(g).__name__}; expected a float64 tensor"
+                )
+            if g.dtype != torch.float64 or g.ndim != 2 or g.shape[0] != g.shape[1]:
+                raise ValueError(
+                    f"state_dict Gram {i} is a {g.dtype} tensor of shape {tuple(g.shape)}; "
+                    "expected a float64 square (p, p) tensor"
+                )
+            if shape is not None and tuple(g.shape) != shape:
+                raise ValueError(
+                    f"state_dict Gram {i} has shape {tuple(g.shape)} but Gram 0 has {shape}; "
+                    "expected Grams of one shape (p, p)"
+                )
+            shape = tuple(g.shape)
+            if not bool(torch.isfinite(g).all()):
+                raise ValueError(
+                    f"state_dict Gram {i} holds non-finite values; expected finite Grams"
+                )
         self.config = config
         self.state = SlimTikState(
-            tuple(g.to(torch.float64) for g in grams),
-            rows,
-            float(state_dict["sum_lambda"]),
-            int(state_dict["step"]),
+            tuple(g.detach().clone() for g in raw_grams),
+            tuple(int(r) for r in raw_rows),
+            float(sum_lambda),
+            int(step),
         )
+        self.last_info = None
 
     def __repr__(self) -> str:
         c = self.config
@@ -285,3 +352,20 @@ class SlimTik:
             f"reduction={c.reduction!r}; step={self.state.step}, "
             f"sum_lambda={self.state.sum_lambda:.4g})"
         )
+
+
+def _config_from_dict(data: Any) -> SlimTikConfig:
+    """:class:`SlimTikConfig` from a state dict's ``config``, every failure as a ValueError."""
+    if not isinstance(data, dict):
+        raise ValueError(f"state_dict 'config' must be a dict, found {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(SlimTikConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(
+            f"state_dict 'config' has unknown keys {sorted(unknown)}; expected keys among "
+            f"{sorted(known)}"
+        )
+    try:
+        return SlimTikConfig(**data)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"state_dict 'config' is invalid: {error}") from error

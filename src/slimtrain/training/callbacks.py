@@ -158,7 +158,13 @@ class Checkpoint(Callback):
 
 
 class TensorBoardLogger(Callback):
-    """Scalars per epoch (and the step loss) to TensorBoard; needs ``pip install tensorboard``."""
+    """Scalars per epoch (and the step loss) to TensorBoard; needs ``pip install tensorboard``.
+
+    The per-step loss is logged at the global step, the number of training steps taken so far
+    in the run. It is counted from the history (the ``steps`` of every epoch's record), so a run
+    resumed from a checkpoint continues the count where the interrupted run stopped instead of
+    restarting at 0. Epoch scalars are logged at the epoch number.
+    """
 
     def __init__(self, log_dir: str | os.PathLike[str], tag: str = "train"):
         try:
@@ -171,6 +177,10 @@ class TensorBoardLogger(Callback):
         self.writer = SummaryWriter(log_dir=str(log_dir))
         self.tag = tag
         self._global_step = 0
+
+    def on_epoch_start(self, state: Any) -> None:
+        # Steps of the epochs already recorded (all of them on resume); epoch 0 has none.
+        self._global_step = int(sum(r.get("steps", 0.0) for r in state.history.records))
 
     def on_batch_end(self, state: Any, step_info: dict[str, float]) -> None:
         self._global_step += 1

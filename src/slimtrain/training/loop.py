@@ -15,7 +15,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from slimtrain.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
+from slimtrain.training.checkpoint import (
+    capture_rng_state,
+    check_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+)
 from slimtrain.training.distributed import all_reduce_sums, is_main_process
 from slimtrain.training.trainers import SlimTrain, Trainer
 
@@ -52,13 +57,46 @@ class History:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> History:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            [dict(r) for r in data["records"]],
-            int(data["best_epoch"]),
-            float(data["best_val_loss"]),
-        )
+    def from_dict(cls, data: Any) -> History:
+        """Inverse of :meth:`to_dict`, validated.
+
+        Raises
+        ------
+        ValueError
+            If ``data`` is not a dict with ``records`` (a list of dicts of real numbers),
+            ``best_epoch`` (an int) and ``best_val_loss`` (a real number), naming what was found.
+        """
+        required = {"records", "best_epoch", "best_val_loss"}
+        if not isinstance(data, dict) or not required <= set(data):
+            found = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"history holds {found}; expected the keys {sorted(required)}")
+        records = data["records"]
+        if not isinstance(records, (list, tuple)):
+            raise ValueError(
+                f"history 'records' is a {type(records).__name__}; expected a list of dicts"
+            )
+        parsed: list[dict[str, float]] = []
+        for i, record in enumerate(records):
+            if not isinstance(record, dict) or not all(
+                isinstance(k, str) and _is_real(v) for k, v in record.items()
+            ):
+                raise ValueError(
+                    f"history record {i} is {record!r}; expected a dict of metric names to "
+                    "real numbers"
+                )
+            parsed.append({k: float(v) for k, v in record.items()})
+        best_epoch, best_val_loss = data["best_epoch"], data["best_val_loss"]
+        if isinstance(best_epoch, bool) or not isinstance(best_epoch, int):
+            raise ValueError(f"history 'best_epoch' must be an int, found {best_epoch!r}")
+        if not _is_real(best_val_loss):
+            raise ValueError(
+                f"history 'best_val_loss' must be a real number, found {best_val_loss!r}"
+            )
+        return cls(parsed, best_epoch, float(best_val_loss))
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -165,13 +203,16 @@ def fit(
 
     if resume is not None:
         checkpoint = load_checkpoint(resume)
-        restored = History.from_dict(checkpoint["history"])
-        if checkpoint["epoch"] > epochs:
-            raise ValueError(
-                f"checkpoint {resume} is at epoch {checkpoint['epoch']}, beyond epochs={epochs}"
-            )
-        trainer.load_state_dict(checkpoint["trainer"])
+        restored = _check_resumable(checkpoint, resume, epochs, generators)
+        # Everything that can be checked without the trainer is valid; the trainer's own load
+        # validates into copies. Set the RNGs first so that a failed trainer load can undo them.
+        rng_before = capture_rng_state(generators)
         restore_rng_state(checkpoint["rng"], generators)
+        try:
+            trainer.load_state_dict(checkpoint["trainer"])
+        except BaseException:
+            restore_rng_state(rng_before, generators)
+            raise
         history.records, history.best_epoch = restored.records, restored.best_epoch
         history.best_val_loss = restored.best_val_loss
         state.best_state = checkpoint.get("best_state")
@@ -214,6 +255,45 @@ def fit(
     trainer.best_state_dict = state.best_state
     _call(callbacks, "on_fit_end", state)
     return history
+
+
+def _check_resumable(
+    checkpoint: dict[str, Any],
+    path: str | os.PathLike[str],
+    epochs: int,
+    generators: list[torch.Generator],
+) -> History:
+    """Validate what :func:`fit` restores besides the trainer; return the parsed history.
+
+    Nothing is changed, so a checkpoint that does not fit this run leaves the trainer and
+    every random state as they were.
+    """
+    epoch = checkpoint["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"checkpoint {path} has epoch {epoch!r}; expected a non-negative int")
+    if epoch > epochs:
+        raise ValueError(f"checkpoint {path} is at epoch {epoch}, beyond epochs={epochs}")
+    try:
+        restored = History.from_dict(checkpoint["history"])
+    except ValueError as error:
+        raise ValueError(f"checkpoint {path} has a malformed history: {error}") from error
+    last = restored.records[-1].get("epoch") if restored.records else None
+    if last != epoch:
+        raise ValueError(
+            f"checkpoint {path} is at epoch {epoch} but its history ends at epoch {last}; "
+            "expected a history whose last record is the checkpoint's epoch"
+        )
+    best_state = checkpoint.get("best_state")
+    if best_state is not None and not isinstance(best_state, dict):
+        raise ValueError(
+            f"checkpoint {path} has best_state of type {type(best_state).__name__}; "
+            "expected a model state dict or None"
+        )
+    try:
+        check_rng_state(checkpoint["rng"], generators)
+    except ValueError as error:
+        raise ValueError(f"checkpoint {path} does not fit this run: {error}") from error
+    return restored
 
 
 def _epoch_record(

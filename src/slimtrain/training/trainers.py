@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from slimtrain._validation import check_finite, check_tensor
 from slimtrain.heads import head_adapter
+from slimtrain.linalg.slimtik import SlimTikStatus
 from slimtrain.linalg.solver import SlimTik, StatsReducer
 from slimtrain.training import distributed
 from slimtrain.training.model import SeparableModel
@@ -42,6 +43,25 @@ def relative_errors(prediction: Tensor, target: Tensor) -> Tensor:
 
 def _optimizer_params(optimizer: torch.optim.Optimizer) -> set[int]:
     return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+def _forward(module: nn.Module, x: Tensor, name: str) -> Tensor:
+    """``module(x)``, with torch's shape errors turned into a ``ValueError`` naming ``x``."""
+    try:
+        return module(x)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        raise ValueError(
+            f"the {name} forward failed on x of shape {tuple(x.shape)} (dtype {x.dtype}): "
+            f"{error}. Expected x of a shape that {type(module).__name__} accepts"
+        ) from error
+
+
+def _restore_buffers(model: nn.Module, saved: list[Tensor]) -> None:
+    with torch.no_grad():
+        for buffer, value in zip(model.buffers(), saved, strict=True):
+            buffer.copy_(value)
 
 
 class Trainer(ABC):
@@ -96,7 +116,7 @@ class Trainer(ABC):
         Uses the current parameters and does not update anything (call :meth:`eval` first).
         """
         x, y = self._prepare(x, y)
-        prediction = self.model(x)
+        prediction = _forward(self.model, x, "model")
         n = int(x.shape[0])
         return (
             float(squared_loss(prediction, y)) * n,
@@ -131,7 +151,7 @@ class Trainer(ABC):
         try:
             self.model.load_state_dict(state_dict["model"])
             self.optimizer.load_state_dict(state_dict["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as error:
+        except Exception as error:  # torch raises several types for a dict that does not fit
             self.model.load_state_dict(backup["model"])
             self.optimizer.load_state_dict(backup["optimizer"])
             raise ValueError(
@@ -218,42 +238,73 @@ class SlimTrain(Trainer):
         if reducer is None and distributed.is_distributed():
             reducer = distributed.distributed_reducer(debug=debug_distributed)
         self.solver = SlimTik(reducer=reducer, **slimtik_options)
+        self._warned_statuses: set[SlimTikStatus] = set()
 
     def step(self, x: Tensor, y: Tensor) -> dict[str, float]:
-        """One slimTrain step; returns loss, lam, sum_lambda, gcv, rel_residual, time."""
+        """One slimTrain step; returns loss, lam, sum_lambda, gcv, rel_residual, status_ok, time.
+
+        ``status_ok`` is 1.0 when the slimTik step needed no action and 0.0 otherwise (the
+        degenerate case, ``Lambda`` at a bound, sGCV undefined); the first time a trainer sees
+        each such status it logs a warning with the status's advice, later ones at DEBUG.
+
+        Raises
+        ------
+        ValueError, TypeError
+            For a bad batch (non-finite values, shapes or dtypes that do not fit, an ``x`` the
+            feature extractor rejects). The model (parameters and buffers such as BatchNorm
+            running statistics), ``W`` and the solver are then exactly as before, as they are
+            after any other exception raised before the optimizer step.
+        """
         start = time.perf_counter()
         x, y = self._prepare(x, y)
-        model, head = self.model, self.model.head
+        model, head, solver = self.model, self.model.head, self.solver
         # The forward updates buffers (BatchNorm running statistics): keep copies so that a
-        # batch rejected below (non-finite features, targets of the wrong shape) changes nothing.
+        # failed step (non-finite features, targets of the wrong shape, ...) changes nothing.
         buffers = [b.clone() for b in model.buffers()]
+        solver_state, solver_info = solver.state, solver.last_info  # immutable records
+        W = self.adapter.get_weight(head).clone()
         try:
-            features = model.features(x)
+            features = _forward(model.features, x, "features")
             detached = features.detach()
             check_finite("features", detached)
             stats = self.adapter.statistics(head, detached, y, dtype=self.accumulate_dtype)
-            W = self.adapter.get_weight(head)
-            W_new, info = self.solver.step_statistics(W, stats)
-        except (ValueError, TypeError):
-            with torch.no_grad():
-                for buffer, saved in zip(model.buffers(), buffers, strict=True):
-                    buffer.copy_(saved)
+            W_new, info = solver.step_statistics(W, stats)
+            self.adapter.set_weight(head, W_new)
+            if self.debug_distributed:
+                distributed.check_same_across_ranks(W_new, "the head weights W")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = squared_loss(head(features), y)
+            loss.backward()
+        except BaseException:
+            _restore_buffers(model, buffers)
+            solver.state, solver.last_info = solver_state, solver_info
+            self.adapter.set_weight(head, W)
             raise
-        self.adapter.set_weight(head, W_new)
-        if self.debug_distributed:
-            distributed.check_same_across_ranks(W_new, "the head weights W")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = squared_loss(head(features), y)
-        loss.backward()
         self.optimizer.step()
+        self._report_status(info.status, solver.n_steps)
         return {
             "loss": float(loss.detach()),
             "lam": info.lam,
             "sum_lambda": info.sum_lambda,
             "gcv": info.gcv,
             "rel_residual": info.rel_residual,
+            "status_ok": 1.0 if info.status.is_ok else 0.0,
             "time": time.perf_counter() - start,
         }
+
+    def _report_status(self, status: SlimTikStatus, step: int) -> None:
+        """Warn once per trainer and non-ok status (rank 0 only); repeats go to DEBUG."""
+        if status.is_ok or not distributed.is_main_process():
+            return
+        if status in self._warned_statuses:
+            logger.debug("slimTik step %d: %s", step, status.value)
+        else:
+            self._warned_statuses.add(status)
+            logger.warning(
+                "slimTik step %d: %s (further occurrences are logged at DEBUG level)",
+                step,
+                status.value,
+            )
 
     @property
     def sum_lambda(self) -> float:
@@ -290,35 +341,58 @@ class GradientTrainer(Trainer):
         (\theta, W) \leftarrow \operatorname{optimizer\ step}\bigl(\nabla_{\theta, W}\,
         \tfrac1N \textstyle\sum_i \tfrac12 \|f(x_i; \theta, W) - c_i\|^2\bigr)
 
-    Head parameters of a :class:`SeparableModel` are made trainable again. Optimizers with
+    The head parameters of a :class:`SeparableModel` (which it sets to
+    ``requires_grad=False`` for slimTrain) are made trainable again; every other parameter keeps
+    its ``requires_grad``, so parameters frozen on purpose stay frozen. Optimizers with
     train/eval modes (schedule-free AdamW) are switched by :meth:`train` / :meth:`eval`.
 
     Parameters
     ----------
     model : nn.Module
     optimizer : torch.optim.Optimizer
-        Must hold every parameter of ``model``.
+        Must hold every parameter that is trained: those with ``requires_grad=True`` and the
+        head's of a :class:`SeparableModel`. ``model.parameters()`` always fits.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         super().__init__(model, optimizer)
+        head = list(model.head.parameters()) if isinstance(model, SeparableModel) else []
+        head_ids = {id(p) for p in head}
         held = _optimizer_params(optimizer)
-        missing = [name for name, p in model.named_parameters() if id(p) not in held]
+        missing = [
+            name
+            for name, p in model.named_parameters()
+            if (p.requires_grad or id(p) in head_ids) and id(p) not in held
+        ]
         if missing:
             raise ValueError(
-                f"GradientTrainer trains every parameter, but the optimizer lacks {missing[:5]}"
-                f"{' ...' if len(missing) > 5 else ''}; build it on model.parameters()"
+                f"GradientTrainer trains every parameter that requires grad (and the head), but "
+                f"the optimizer lacks {missing[:5]}{' ...' if len(missing) > 5 else ''}; build "
+                "it on model.parameters()"
             )
-        for parameter in model.parameters():
+        for parameter in head:
             parameter.requires_grad_(True)
 
     def step(self, x: Tensor, y: Tensor) -> dict[str, float]:
-        """One optimizer step on the batch loss; returns loss and time."""
+        """One optimizer step on the batch loss; returns loss and time.
+
+        Raises
+        ------
+        ValueError, TypeError
+            For a bad batch, including an ``x`` the model's forward rejects; parameters and
+            buffers are then as before (as after any exception raised before the optimizer
+            step).
+        """
         start = time.perf_counter()
         x, y = self._prepare(x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = squared_loss(self.model(x), y)
-        loss.backward()
+        buffers = [b.clone() for b in self.model.buffers()]
+        try:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = squared_loss(_forward(self.model, x, "model"), y)
+            loss.backward()
+        except BaseException:
+            _restore_buffers(self.model, buffers)
+            raise
         self.optimizer.step()
         return {"loss": float(loss.detach()), "time": time.perf_counter() - start}
 
