@@ -6,8 +6,9 @@ extractor in DistributedDataParallel, one all-reduce of the slimTik statistics p
 machine's threads are split between the processes (2 threads for 1 process, 1 each for 2), so
 both configurations use the same cores. Printed per case: the median step time of each
 configuration and their ratio, the median time of the statistics all-reduce alone, and what
-one step communicates: the slimTik message (``8 (p (p + 1) / 2 + p t + 3)`` bytes) and DDP's
-gradient all-reduce of theta (4 bytes per float32 parameter).
+one step communicates: the slimTik message (``8 (p (p + 1) / 2 + p t + 3)`` bytes, or only the
+phase blocks and the bias column of a strided transposed-convolution head) and DDP's gradient
+all-reduce of theta (4 bytes per float32 parameter).
 
 Usage: ``python benchmarks/distributed.py [--steps N]``
 """
@@ -85,11 +86,16 @@ def _run(rank: int, world: int, kind: str, batch: int, steps: int) -> dict[str, 
         if i >= 3:  # warm-up steps fill the memory
             times.append(time.perf_counter() - start)
     theta = sum(p.numel() for p in model.feature_parameters())
+    with torch.no_grad():
+        x, y = _batches(kind, 2, 1)[0]
+        structure = trainer.adapter.statistics(model.head, model.features(x), y).structure
+    p, t = trainer.adapter.num_features(model.head), trainer.adapter.num_outputs(model.head)
     return {
+        "message": stats_message_bytes(p, t, structure),
         "step": statistics.median(times),
         "comm": statistics.median(comm[3:]) if comm else 0.0,
-        "p": trainer.adapter.num_features(model.head),
-        "t": trainer.adapter.num_outputs(model.head),
+        "p": p,
+        "t": t,
         "theta": theta,
         "sum_lambda": trainer.sum_lambda,
     }
@@ -130,7 +136,7 @@ def main() -> None:
             ranks = [torch.load(Path(out) / f"rank{r}.pt", weights_only=True) for r in range(2)]
         multi = max(r["step"] for r in ranks)
         p, t = int(single["p"]), int(single["t"])
-        message = stats_message_bytes(p, t)
+        message = int(single["message"])
         grads = 4 * int(single["theta"])
         print(f"{name:<42} {1e3 * single['step']:>9.2f} {1e3 * multi:>9.2f} "
               f"{multi / single['step']:>6.2f} {1e3 * ranks[0]['comm']:>12.3f} | "

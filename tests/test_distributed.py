@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from slimtrain import SeparableModel, SlimTrain
+from slimtrain.heads import head_adapter
 from slimtrain.training.distributed import data_parallel, stats_message_bytes
 
 STEPS = 4
@@ -91,3 +92,10 @@ def test_two_processes_match_one(tmp_path, kind):
 def test_message_size_formula():
     # p = 257, t = 1 (the autoencoder head): upper triangle + cross products + 3 scalars.
     assert stats_message_bytes(257, 1) == 8 * (257 * 258 // 2 + 257 + 3)
+    # With its phase structure only the four 64 x 64 blocks' upper triangles and the bias
+    # column (257 entries, corner included) travel.
+    head = nn.ConvTranspose2d(16, 1, 4, stride=2, padding=1)
+    x = torch.randn(2, 16, 14, 14)
+    structure = head_adapter(head).statistics(head, x, head(x).detach()).structure
+    assert structure is not None
+    assert stats_message_bytes(257, 1, structure) == 8 * (4 * 64 * 65 // 2 + 257 + 257 + 3)

@@ -47,7 +47,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["GramStructure", "ArrowTerms", "BlockBasis", "block_basis", "arrow_values"]
+__all__ = [
+    "GramStructure",
+    "ArrowTerms",
+    "BlockBasis",
+    "arrow_values",
+    "block_basis",
+    "fits_structure",
+    "structure_zeros",
+]
 
 
 class GramStructure(NamedTuple):
@@ -104,6 +112,11 @@ def _layout(structure: GramStructure, device: str) -> _Layout:
         allowed[:, -1] = True
     return _Layout(torch.tensor(order, device=device), tuple(classes),
                    (~allowed).to(device))
+
+
+def structure_zeros(structure: GramStructure, device: str = "cpu") -> Tensor:
+    """``(p, p)`` bool mask of the entries that ``structure`` says are zero (do not modify)."""
+    return _layout(structure, device).off_pattern
 
 
 def fits_structure(M: Tensor, structure: GramStructure) -> bool:

@@ -16,11 +16,14 @@ terms, the eigendecomposition and the solve) follows from these sums and the sha
 every rank solves the same small system and ends the step with the same ``W``; no broadcast of
 ``W`` is needed. One step communicates a single float64 message of
 ``p (p + 1) / 2 + p t + 3`` numbers (the Gram is symmetric: only its upper triangle travels),
-that is ``8 (p (p + 1) / 2 + p t + 3)`` bytes, besides DDP's gradient all-reduce of theta.
+that is ``8 (p (p + 1) / 2 + p t + 3)`` bytes (fewer for a strided transposed-convolution
+head, whose Gram is block diagonal: only the blocks and the bias column travel), besides DDP's
+gradient all-reduce of theta.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -31,6 +34,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from slimtrain.linalg.stats import GramStats
+from slimtrain.linalg.structured import GramStructure, structure_zeros
 
 __all__ = [
     "is_distributed",
@@ -68,9 +72,24 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def stats_message_bytes(p: int, t: int) -> int:
-    """Bytes all-reduced per slimTik step for ``p`` features and ``t`` outputs."""
-    return 8 * (p * (p + 1) // 2 + p * t + 3)
+def stats_message_bytes(p: int, t: int, structure: GramStructure | None = None) -> int:
+    """Bytes all-reduced per slimTik step for ``p`` features and ``t`` outputs.
+
+    With a :class:`~slimtrain.linalg.structured.GramStructure` (a strided transposed
+    convolution) only the Gram entries it allows travel: the upper triangles of the blocks and
+    the bias column.
+    """
+    return 8 * (int(_gram_entries(p, structure, "cpu").shape[1]) + p * t + 3)
+
+
+@functools.lru_cache(maxsize=32)
+def _gram_entries(p: int, structure: GramStructure | None, device: str) -> Tensor:
+    """Upper-triangle indices ``(2, n)`` of the Gram entries that can be non-zero."""
+    iu = torch.triu_indices(p, p)
+    if structure is not None and structure.p == p:
+        support = ~structure_zeros(structure, "cpu")
+        iu = iu[:, support[iu[0], iu[1]]]
+    return iu.to(device)
 
 
 def distributed_reducer(
@@ -78,8 +97,9 @@ def distributed_reducer(
 ) -> Callable[[GramStats], GramStats]:
     """A :class:`GramStats` reducer for :class:`~slimtrain.SlimTik`: one all-reduce (SUM).
 
-    The upper triangle of ``Z^T Z``, ``Z^T C``, ``||C||^2`` and the sample and row counts are
-    packed into one float64 message (counts are exact in float64 up to 2^53).
+    The upper triangle of ``Z^T Z`` (only its possibly non-zero entries when the statistics
+    carry a block structure), ``Z^T C``, ``||C||^2`` and the sample and row counts are packed
+    into one float64 message (counts are exact in float64 up to 2^53).
 
     Parameters
     ----------
@@ -91,7 +111,7 @@ def distributed_reducer(
 
     def reduce(stats: GramStats) -> GramStats:
         p, t = stats.ztc.shape
-        iu = torch.triu_indices(p, p, device=stats.ztz.device)
+        iu = _gram_entries(p, stats.structure, str(stats.ztz.device))
         counts = torch.tensor(
             [float(stats.ctc), float(stats.n_samples), float(stats.n_rows)],
             dtype=torch.float64,
