@@ -16,6 +16,7 @@ Usage: ``python benchmarks/distributed.py [--steps N]``
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 import statistics
 import tempfile
@@ -59,6 +60,7 @@ def _batches(kind: str, batch: int, n: int) -> list[tuple[torch.Tensor, torch.Te
 
 
 def _run(rank: int, world: int, kind: str, batch: int, steps: int) -> dict[str, float]:
+    logging.getLogger("slimtrain").setLevel(logging.ERROR)  # sGCV statuses of random data
     features, head = _build(kind)
     model = SeparableModel(features, head)
     comm: list[float] = []

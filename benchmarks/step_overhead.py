@@ -5,7 +5,10 @@ Cases: (a) the SPEC's convolutional MNIST autoencoder (final layer ConvTranspose
 residual network (55 -> width 16 -> 72) at batch 5 and 32; (c) the autoencoder at width 64
 (final layer 64 -> 1, p = 1025). Steps alternate between the two trainers so both see the same
 machine load. For slimTrain the time is split into the head statistics (Gram, cross products),
-the slimTik solve (eigh, sGCV, update) and the rest (forward, backward, Adam on theta).
+the slimTik solve (eigh, sGCV, update) and the rest (forward, backward, Adam on theta). For the
+autoencoder heads (strided ConvTranspose2d) the solve takes the block path (one batched eigh of
+the stride-phase blocks, :mod:`slimtrain.linalg.structured`); the last column times the dense
+solve of the same statistics (one eigh of the whole memory Gram) for comparison.
 
 Usage: ``python benchmarks/step_overhead.py [--steps N] [--accumulate float32|float64]``
 """
@@ -13,6 +16,7 @@ Usage: ``python benchmarks/step_overhead.py [--steps N] [--accumulate float32|fl
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import time
 
@@ -47,7 +51,7 @@ def _case(name: str, build, x: torch.Tensor, y: torch.Tensor, steps: int, accumu
     with torch.no_grad():
         feats = slim_model.features(x)
     adapter, solver = slim.adapter, slim.solver
-    t_stats, t_solve = [], []
+    t_stats, t_solve, t_dense = [], [], []
     W = adapter.get_weight(slim_model.head)
     for _ in range(max(3, steps // 4)):
         start = time.perf_counter()
@@ -58,12 +62,18 @@ def _case(name: str, build, x: torch.Tensor, y: torch.Tensor, steps: int, accumu
         solver.step_statistics(W, stats)
         t_solve.append(time.perf_counter() - start)
         solver.state = saved
+        if stats.structure is not None:
+            start = time.perf_counter()
+            solver.step_statistics(W, stats._replace(structure=None))
+            t_dense.append(time.perf_counter() - start)
+            solver.state = saved
     ms = 1e3
     s, a = statistics.median(t_slim), statistics.median(t_adam)
     st, so = statistics.median(t_stats), statistics.median(t_solve)
     p = adapter.num_features(slim_model.head)
+    dense = f"{ms * statistics.median(t_dense):>8.2f}" if t_dense else f"{'-':>8}"
     print(f"{name:<34} p={p:<5} {ms * s:>9.2f} {ms * a:>9.2f} {s / a:>7.2f} | "
-          f"{ms * st:>8.2f} {ms * so:>8.2f} {ms * max(s - st - so, 0.0):>8.2f}")
+          f"{ms * st:>8.2f} {ms * so:>8.2f} {ms * max(s - st - so, 0.0):>8.2f} | {dense}")
 
 
 def main() -> None:
@@ -73,11 +83,12 @@ def main() -> None:
                         help="dtype of the head statistics (the solve is float64 always)")
     args = parser.parse_args()
     accumulate = getattr(torch, args.accumulate)
+    logging.getLogger("slimtrain").setLevel(logging.ERROR)  # sGCV statuses of random data
     gen = torch.Generator().manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; statistics in "
           f"{args.accumulate}; median of {args.steps} steps")
     print(f"{'case':<34} {'':<7} {'slim ms':>9} {'adam ms':>9} {'ratio':>7} | "
-          f"{'stats ms':>8} {'solve ms':>8} {'rest ms':>8}")
+          f"{'stats ms':>8} {'solve ms':>8} {'rest ms':>8} | {'dense solve ms':>8}")
     x = torch.randn(32, 1, 28, 28, generator=gen)
     _case("autoencoder (width 16), batch 32", lambda: autoencoder_network(), x, x, args.steps,
           accumulate)
