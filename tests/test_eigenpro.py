@@ -370,3 +370,93 @@ def test_solver_rejects_bad_arguments() -> None:
 def test_doctests() -> None:
     result = doctest.testmod(eigenpro)
     assert result.attempted > 10 and result.failed == 0
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _counting_kernel() -> tuple[eigenpro.KernelFunction, list[int]]:
+    calls: list[int] = []
+    k = make_kernel("gaussian", 0.5)
+
+    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return k(a, b)
+
+    return kernel, calls
+
+
+@pytest.mark.parametrize("name", ["x", "y", "x_val", "y_val"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_solver_rejects_non_finite_data_before_any_work(name: str, bad: float) -> None:
+    """NaN/Inf used to run every epoch and end in a misleading 'diverged' RuntimeError."""
+    x, y = _data(40, 2)
+    xv, yv = _data(10, 2, seed=1)
+    data = {"x": x, "y": y, "x_val": xv, "y_val": yv}
+    data[name] = data[name].clone()
+    data[name][3, 1] = bad
+    kernel, calls = _counting_kernel()
+    with pytest.raises(ValueError, match=rf"^{name} must be finite, found 1 NaN or Inf value"):
+        eigenpro_solve(kernel, data["x"], data["y"], n_epochs=50, memory_bytes=1e8,
+                       generator=_gen(), x_val=data["x_val"], y_val=data["y_val"])
+    assert calls == []  # raised at entry: no kernel evaluation, no epoch
+
+
+def test_solver_rejects_mismatched_dtypes_devices_and_shapes() -> None:
+    x, y = _data(40, 2)
+    xv, yv = _data(10, 2, seed=1)
+    k = make_kernel("gaussian")
+
+    def solve(**kw: object) -> None:
+        args: dict[str, object] = {"x": x, "y": y, "x_val": xv, "y_val": yv, **kw}
+        eigenpro_solve(k, args.pop("x"), args.pop("y"), n_epochs=1,  # type: ignore[arg-type]
+                       memory_bytes=1e8, generator=_gen(), **args)  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError, match=r"y has dtype torch.float32 but x has torch.float64"):
+        solve(y=y.float())
+    with pytest.raises(TypeError, match=r"x_val has dtype torch.float32 but x has torch.float64"):
+        solve(x_val=xv.float())
+    with pytest.raises(TypeError, match=r"y_val has dtype torch.float32 but x has torch.float64"):
+        solve(y_val=yv.float())
+    with pytest.raises(TypeError, match="y must have a floating-point dtype, found torch.int64"):
+        solve(y=y.long())
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, found ndarray"):
+        solve(x=x.numpy())
+    with pytest.raises(TypeError, match="x_val must be a torch.Tensor, found list"):
+        solve(x_val=xv.tolist())
+    # the meta device stands in for a second device (no GPU needed)
+    with pytest.raises(ValueError, match="y is on meta but x is on cpu"):
+        solve(y=torch.empty_like(y, device="meta"))
+    with pytest.raises(ValueError, match="y_val is on meta but x is on cpu"):
+        solve(y_val=torch.empty_like(yv, device="meta"))
+    with pytest.raises(ValueError, match=r"x_val must be \(n_val, 2\): 2 features like x; "
+                                         r"found shape \(10, 3\)"):
+        solve(x_val=torch.cat([xv, xv[:, :1]], dim=1))
+    with pytest.raises(ValueError, match=r"y_val must be \(n_val, 2\): 2 output\(s\) like y; "
+                                         r"found shape \(10,\)"):
+        solve(y_val=yv[:, 0])
+    with pytest.raises(ValueError, match="x_val has 10 rows but y_val has 9"):
+        solve(y_val=yv[:9])
+    with pytest.raises(ValueError, match="give both x_val and y_val, or neither"):
+        solve(y_val=None)
+
+
+def test_setup_rejects_bad_points() -> None:
+    x, _ = _data(40, 2)
+    k = make_kernel("gaussian")
+
+    def setup(points: object) -> None:
+        eigenpro_setup(k, points, n_outputs=1, memory_bytes=1e8,  # type: ignore[arg-type]
+                       generator=_gen())
+
+    bad = x.clone()
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError, match="x must be finite, found 1 NaN or Inf value"):
+        setup(bad)
+    with pytest.raises(ValueError, match=r"x must be \(n_samples, n_features\), found shape "
+                                         r"\(40,\)"):
+        setup(x[:, 0])
+    with pytest.raises(TypeError, match="x must have a floating-point dtype, found torch.int64"):
+        setup(x.long())
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, found ndarray"):
+        setup(x.numpy())

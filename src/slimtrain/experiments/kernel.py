@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from slimtrain.kernels.eigenpro import EpochRecord, available_memory_bytes
 from slimtrain.kernels.estimators import EigenProClassifier, EigenProRegressor
 from slimtrain.kernels.functions import KERNELS, kernel_matmul, make_kernel
+from slimtrain.training.distributed import is_main_process, rank
 
 __all__ = [
     "DATASETS",
@@ -334,15 +335,26 @@ def run_kernel_experiment(
     Returns
     -------
     dict
-        The content of ``summary.json``.
+        The content of ``summary.json``. Under torch.distributed (e.g. launched by
+        ``torchrun``) the experiment is not data-parallel: rank 0 computes and writes
+        everything, and the other ranks check the arguments, then return at once
+        ``{"experiment": "kernel", "skipped": ...}`` without computing or writing.
     """
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {sorted(KERNELS)}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int; got {epochs!r}")
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     sigma = DEFAULT_BANDWIDTH.get(dataset, 5.0) if bandwidth is None else float(bandwidth)
     if not math.isfinite(sigma) or sigma <= 0:
         raise ValueError(f"bandwidth must be a positive finite number; got {bandwidth!r}")
+    if not is_main_process():
+        logger.info("kernel experiment: rank %d leaves it to rank 0", rank())
+        return {
+            "experiment": "kernel",
+            "skipped": f"rank {rank()}: the kernel experiment runs and writes on rank 0 only",
+        }
     (x_tr, y_tr, x_te, y_te), classification = load_kernel_dataset(
         dataset, data_dir, seed=seed, n_train=n_train
     )

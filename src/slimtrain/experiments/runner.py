@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from slimtrain import plots
 from slimtrain.training import distributed as dist_utils
-from slimtrain.training.callbacks import Callback, ProgressBar
+from slimtrain.training.callbacks import Callback, Checkpoint, ProgressBar
+from slimtrain.training.checkpoint import atomic_save, load_checkpoint
 from slimtrain.training.loop import History, fit
 from slimtrain.training.model import SeparableModel
 from slimtrain.training.trainers import GradientTrainer, SlimTrain, Trainer
@@ -116,18 +118,50 @@ class Setup:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def _rank_device(device: str) -> str:
+    """The device this process trains on: ``device``, except CUDA under torch.distributed.
+
+    Under an initialized process group of several processes each rank owns one GPU: a CUDA
+    ``device`` (``"cuda"`` or ``"cuda:i"``, whatever its index) becomes ``cuda:{LOCAL_RANK}``,
+    the GPU that :func:`slimtrain.training.distributed.init_from_env` made current (without
+    ``LOCAL_RANK`` in the environment, the current CUDA device). CPU and single-process runs
+    keep ``device`` as given.
+    """
+    if not (device.startswith("cuda") and dist_utils.is_distributed()):
+        return device
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is not None:
+        try:
+            index = int(local_rank)
+        except ValueError:
+            raise ValueError(
+                f"LOCAL_RANK must be a non-negative int (set by torchrun), found {local_rank!r}"
+            ) from None
+        if index < 0:
+            raise ValueError(f"LOCAL_RANK must be a non-negative int, found {index}")
+    else:
+        index = torch.cuda.current_device()
+    return f"cuda:{index}"
+
+
 def make_trainer(method: str, features: nn.Module, head: nn.Module, config: RunConfig) -> Trainer:
-    """The trainer of one method on a freshly built network (moved to ``config.device``)."""
+    """The trainer of one method on a freshly built network.
+
+    The model goes to ``config.device``; under torch.distributed with CUDA each rank uses its
+    own GPU, ``cuda:{LOCAL_RANK}`` (:func:`_rank_device`), for the model and DDP's
+    ``device_ids``. Batches follow the model (``Trainer._prepare`` moves them to its device).
+    """
     import prodigyopt
     import schedulefree
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    model = SeparableModel(features, head).to(config.device)
+    device = _rank_device(config.device)
+    model = SeparableModel(features, head).to(device)
     if dist_utils.is_distributed():
         kwargs: dict[str, Any] = {}
-        if config.device.startswith("cuda"):
-            kwargs["device_ids"] = [torch.device(config.device).index or 0]
+        if device.startswith("cuda"):
+            kwargs["device_ids"] = [torch.device(device).index]
         dist_utils.data_parallel(model, **kwargs)
     decay = config.alpha
     if method.startswith("slimtrain"):
@@ -197,17 +231,129 @@ class MethodResult:
     seconds: float
 
 
+class _RunCheckpoint(Checkpoint):
+    """:class:`Checkpoint` after every epoch, plus the Lambda trace and what the run was."""
+
+    def __init__(self, path: Path, trace: _LambdaTrace, run: dict[str, Any]) -> None:
+        super().__init__(path, every=1)
+        self.trace = trace
+        self.run = run
+
+    def on_epoch_end(self, state: Any, record: dict[str, float]) -> None:
+        if int(record["epoch"]) > 0:
+            payload = state.checkpoint()
+            payload["lambda_trace"] = torch.tensor(self.trace.values, dtype=torch.float64)
+            payload["run"] = self.run
+            atomic_save(payload, self.path)
+
+
+def _run_identity(method: str, config: RunConfig) -> dict[str, Any]:
+    """What a checkpoint must agree on to be resumed: the method, the number of processes and
+    the settings but ``epochs`` and ``device`` (tensors load onto the model's device)."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("epochs", "device")}
+    return {"method": method, "world_size": dist_utils.world_size(), "config": settings}
+
+
+def _saved_lambda_trace(path: Path, run: dict[str, Any]) -> list[float]:
+    """The Lambda trace of a checkpoint, after checking that it is one of this run."""
+    saved = load_checkpoint(path)
+    found = saved.get("run")
+    if found is None:
+        raise ValueError(
+            f"checkpoint {path} was not written by run_methods (it lacks the run's identity); "
+            "resume it with slimtrain.fit(..., resume=path) instead"
+        )
+    if found["method"] != run["method"] or found["world_size"] != run["world_size"]:
+        raise ValueError(
+            f"checkpoint {path} holds method {found['method']!r} on {found['world_size']} "
+            f"process(es); this run is {run['method']!r} on {run['world_size']}: resume with "
+            "the same method and number of processes"
+        )
+    differ = {
+        k: (found["config"].get(k), v) for k, v in run["config"].items()
+        if found["config"].get(k) != v
+    }
+    if differ:
+        listed = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in differ.items())
+        raise ValueError(
+            f"checkpoint {path} was written with {listed}; resume with the same settings "
+            "(only epochs may change)"
+        )
+    trace = saved.get("lambda_trace")
+    return [] if trace is None else [float(v) for v in trace]
+
+
+def _resume_path(path: Path, resume: bool, device: torch.device) -> Path | None:
+    """``path`` if a run should resume from it; the same answer on every rank."""
+    if not resume:
+        return None
+    exists = path.is_file()
+    if dist_utils.is_distributed():
+        # nccl reduces CUDA tensors only; the trainer's device is the right one either way
+        found = dist_utils.all_reduce_sums([float(exists)], device)[0]
+        world = dist_utils.world_size()
+        if 0 < found < world:
+            raise ValueError(
+                f"checkpoint {path} exists on {int(found)} of {world} processes; resuming needs "
+                "a checkpoint_dir that every process sees (a shared file system)"
+            )
+    if not exists:
+        logger.info("no checkpoint at %s; starting from scratch", path)
+        return None
+    return path
+
+
 def run_methods(
     setup: Setup,
     methods: Sequence[str],
     config: RunConfig,
     progress: bool = True,
     on_method_end: Callable[[str, MethodResult], None] | None = None,
+    *,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
 ) -> dict[str, MethodResult]:
-    """Train every method from the same initial weights and batch order; return the results."""
+    """Train every method from the same initial weights and batch order; return the results.
+
+    Under torch.distributed every rank trains and only rank 0 writes (progress, checkpoints:
+    :func:`slimtrain.fit` runs callbacks on rank 0 only).
+
+    Parameters
+    ----------
+    setup : Setup
+    methods : sequence of str
+        A non-empty subset of :data:`METHODS`.
+    config : RunConfig
+    progress : bool
+        A progress bar per method (rank 0 only).
+    on_method_end : callable, optional
+        ``on_method_end(method, result)`` after each method.
+    checkpoint_dir : path-like, optional
+        Save ``checkpoint_dir/<method>.pt`` after every epoch through
+        :class:`~slimtrain.training.callbacks.Checkpoint` (atomic write, rank 0 only): model,
+        optimizer and solver state, history, RNG states, plus the per-step Lambda trace and
+        the run's method, settings and number of processes.
+    resume : bool
+        Continue each method whose ``checkpoint_dir/<method>.pt`` exists up to
+        ``config.epochs`` (``fit(..., resume=path)``), exactly as an uninterrupted run;
+        methods without a file start from scratch. Needs ``checkpoint_dir`` and the same
+        setup, method, settings (all of ``config`` but ``epochs`` and ``device``) and number
+        of processes as the run that wrote the file; otherwise ``ValueError`` says what
+        differs. Checkpoints are not portable across world sizes: under torch.distributed the
+        model's state_dict keys are ``features.module.*`` (DDP) and the data shards depend on
+        the world size, so a single-process checkpoint does not load into a distributed run or
+        the reverse. Every process reads the file, so with several processes
+        ``checkpoint_dir`` must be on a file system they all see. ``seconds`` of a resumed
+        method counts only the resumed part.
+    """
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown methods {unknown}; expected a non-empty subset of {METHODS}")
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be a bool, found {type(resume).__name__}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir, the folder of the checkpoints")
+    folder = None if checkpoint_dir is None else Path(checkpoint_dir)
     results: dict[str, MethodResult] = {}
     for method in methods:
         torch.manual_seed(config.seed)
@@ -216,10 +362,19 @@ def run_methods(
         train, val = _loaders(setup, config)
         trace = _LambdaTrace()
         callbacks: list[Any] = [trace]
+        resume_from: Path | None = None
+        if folder is not None:
+            path = folder / f"{method}.pt"
+            run = _run_identity(method, config)
+            resume_from = _resume_path(path, resume, trainer.device)
+            if resume_from is not None:
+                trace.values = _saved_lambda_trace(resume_from, run)
+            callbacks.append(_RunCheckpoint(path, trace, run))
         if progress:
             callbacks.append(ProgressBar(desc=f"{setup.name}/{method}"))
         start = time.perf_counter()
-        history = fit(trainer, train, val, epochs=config.epochs, callbacks=callbacks)
+        history = fit(trainer, train, val, epochs=config.epochs, callbacks=callbacks,
+                      resume=resume_from)
         results[method] = MethodResult(history, trace.values, trainer, time.perf_counter() - start)
         logger.info("%s/%s: best val loss %.4g", setup.name, method, history.best_val_loss)
         if on_method_end is not None:

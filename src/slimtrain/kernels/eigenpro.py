@@ -39,6 +39,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from slimtrain._validation import check_finite, check_tensor
 from slimtrain.kernels.functions import (
     DEFAULT_TILE_ELEMENTS,
     KernelFunction,
@@ -771,6 +772,72 @@ class EigenProSetup(NamedTuple):
     parameters: EigenProParameters
 
 
+def _check_points(name: str, x: object) -> Tensor:
+    """``x`` if it is a finite floating-point tensor of shape (n_samples, n_features)."""
+    x = check_tensor(name, x)
+    if x.ndim != 2:
+        raise ValueError(
+            f"{name} must be (n_samples, n_features), found shape {tuple(x.shape)}"
+        )
+    check_finite(name, x)
+    return x
+
+
+def _check_like(name: str, t: Tensor, x: Tensor) -> None:
+    """``t`` must share the dtype and the device of the training points ``x``."""
+    if t.dtype != x.dtype:
+        raise TypeError(
+            f"{name} has dtype {t.dtype} but x has {x.dtype}; expected one floating-point "
+            f"dtype for x, y, x_val and y_val (convert with .to({x.dtype}))"
+        )
+    if t.device != x.device:
+        raise ValueError(
+            f"{name} is on {t.device} but x is on {x.device}; expected x, y, x_val and y_val "
+            f"on one device (move with .to('{x.device}'))"
+        )
+
+
+def _check_solve_inputs(
+    x: object, y: object, x_val: object | None, y_val: object | None
+) -> None:
+    """Types, shapes, dtypes, devices and finiteness of :func:`eigenpro_solve`'s data."""
+    x = check_tensor("x", x)
+    y = check_tensor("y", y)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"x must be (n_samples, n_features) and y (n_samples, n_outputs) with the same "
+            f"rows; got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    _check_like("y", y, x)
+    check_finite("x", x)
+    check_finite("y", y)
+    if (x_val is None) != (y_val is None):
+        raise ValueError("give both x_val and y_val, or neither")
+    if x_val is None or y_val is None:
+        return
+    x_val = check_tensor("x_val", x_val)
+    y_val = check_tensor("y_val", y_val)
+    d, n_out = x.shape[1], y.shape[1]
+    if x_val.ndim != 2 or x_val.shape[1] != d:
+        raise ValueError(
+            f"x_val must be (n_val, {d}): {d} features like x; found shape {tuple(x_val.shape)}"
+        )
+    if y_val.ndim != 2 or y_val.shape[1] != n_out:
+        raise ValueError(
+            f"y_val must be (n_val, {n_out}): {n_out} output(s) like y; found shape "
+            f"{tuple(y_val.shape)}"
+        )
+    if x_val.shape[0] != y_val.shape[0]:
+        raise ValueError(
+            f"x_val has {x_val.shape[0]} rows but y_val has {y_val.shape[0]}; expected one row "
+            "per validation sample in both"
+        )
+    _check_like("x_val", x_val, x)
+    _check_like("y_val", y_val, x)
+    check_finite("x_val", x_val)
+    check_finite("y_val", y_val)
+
+
 def _resolve_eigensolver(method: Eigensolver, s: int, n_pairs: int) -> str:
     if method != "auto":
         return method
@@ -845,6 +912,13 @@ def eigenpro_setup(
     -------
     EigenProSetup
 
+    Raises
+    ------
+    TypeError
+        ``x`` is not a floating-point tensor.
+    ValueError
+        ``x`` is not 2-D, is empty or holds NaN/Inf.
+
     References
     ----------
     .. [1] S. Ma and M. Belkin, "Kernel machines that adapt to GPUs for effective large batch
@@ -861,6 +935,7 @@ def eigenpro_setup(
     (300, torch.Size([300]))
     """
     start = time.perf_counter()
+    x = _check_points("x", x)
     n, d = x.shape
     if n < 1:
         raise ValueError("EigenPro needs at least one training point")
@@ -1225,6 +1300,18 @@ def eigenpro_solve(
     -------
     EigenProResult
 
+    Raises
+    ------
+    TypeError
+        ``x``, ``y``, ``x_val`` or ``y_val`` is not a floating-point tensor, or their dtypes
+        differ.
+    ValueError
+        Shapes that do not match (``x_val`` needs the features of ``x``, ``y_val`` the
+        outputs of ``y``), tensors on different devices, or NaN/Inf in any of them (checked
+        before any work).
+    RuntimeError
+        The iteration still diverges after repeated step-size halvings.
+
     References
     ----------
     .. [1] S. Ma and M. Belkin, "Diving into the shallows", NeurIPS 2017.
@@ -1243,15 +1330,9 @@ def eigenpro_solve(
     >>> res.history[-1].train_mse < 1e-3 * float(y.square().mean())
     True
     """
-    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"x must be (n_samples, n_features) and y (n_samples, n_outputs) with the same "
-            f"rows; got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
+    _check_solve_inputs(x, y, x_val, y_val)
     if n_epochs < 1:
         raise ValueError(f"n_epochs must be >= 1; got {n_epochs}")
-    if (x_val is None) != (y_val is None):
-        raise ValueError("give both x_val and y_val, or neither")
     if early_stopping and x_val is None:
         raise ValueError("early_stopping needs a validation set (x_val, y_val)")
     n, n_out = y.shape
