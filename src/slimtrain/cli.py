@@ -15,6 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from slimtrain.experiments.inverse import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MEMORY_DEPTH,
+    DEFAULT_PASSES,
+)
 from slimtrain.experiments.runner import METHODS, RunConfig, default_out_dir
 
 EXPERIMENTS = ("cdr", "peaks", "autoencoder", "inverse", "kernel")
@@ -43,30 +48,46 @@ def _floats(text: str) -> list[float]:
         ) from error
 
 
-def _training_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=int, help="epochs (default: the experiment's)")
+def _training_options(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
+    # Options default to None (flags to False) so that main() can tell a given option from an
+    # absent one: absent ones take the experiment's own default, given ones that the experiment
+    # does not use are an error (see _check_applicable). The sweep sets --lr and --alpha per
+    # cell: it accepts them only to reject them with that reason, and hides them from --help.
+    parser.add_argument("--epochs", type=int,
+                        help="epochs; passes of fresh measurements for inverse (default: the "
+                        f"experiment's, {DEFAULT_PASSES} for inverse)")
     parser.add_argument("--batch-size", type=int,
-                        help="global batch size (default: the experiment's)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    parser.add_argument("--alpha", type=float, default=0.0,
-                        help="weight decay on the optimized parameters (default 0)")
-    parser.add_argument("--memory-depth", type=int, default=5, help="slimTik memory depth r")
-    parser.add_argument("--initial-lambda", type=float, default=1e-10,
-                        help="slimTik initial Lambda (default 1e-10)")
+                        help="global batch size; rows per minibatch for inverse (default: the "
+                        f"experiment's, {DEFAULT_BATCH_SIZE} for inverse)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help=argparse.SUPPRESS if sweep else f"Adam learning rate (default "
+                        f"{RunConfig.lr:g}; training experiments only)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help=argparse.SUPPRESS if sweep else f"weight decay on the optimized "
+                        f"parameters (default {RunConfig.alpha:g}; training experiments only)")
+    parser.add_argument("--memory-depth", type=int, default=None,
+                        help=f"slimTik memory depth r (default {RunConfig.memory_depth} for the "
+                        f"training experiments, {DEFAULT_MEMORY_DEPTH} for inverse)")
+    parser.add_argument("--initial-lambda", type=float, default=None,
+                        help=f"slimTik initial Lambda (default {RunConfig.initial_lambda:g}; "
+                        "training experiments only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=None,
                         help="folder with MNIST IDX files (autoencoder, kernel)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    parser.add_argument("--quick", action="store_true", help="a small, fast version")
+    parser.add_argument("--device", default=None,
+                        help=f"cpu or cuda[:i] (default {RunConfig.device}; training "
+                        "experiments only)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small, fast version (training experiments only)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default runs/<experiment>-<timestamp>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--nproc", type=int, default=1,
-                        help="start this many data-parallel processes with torchrun")
+    parser.add_argument("--nproc", type=int, default=None,
+                        help="start this many data-parallel processes with torchrun (training "
+                        "experiments only)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and documentation)."""
+def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
         prog="slimtrain",
         description="slimTrain and EigenPro experiments: each writes metrics.csv, summary.json "
@@ -83,10 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="one experiment")
     run.add_argument("experiment", choices=EXPERIMENTS)
-    run.add_argument("--method", type=_methods, default=list(METHODS),
-                     help="'all' (default) or a comma-separated subset of " + ", ".join(METHODS))
+    run.add_argument("--method", type=_methods, default=None,
+                     help="'all' (default) or a comma-separated subset of " + ", ".join(METHODS)
+                     + " (training experiments only)")
     _training_options(run)
-    run.add_argument("--kernel", default="gaussian", help="kernel experiment: gaussian, "
+    run.add_argument("--kernel", default=None, help="kernel experiment: gaussian (default), "
                      "laplacian or cauchy")
     run.add_argument("--bandwidth", type=float, default=None,
                      help="kernel bandwidth (default: 5 for digits and MNIST, 1 for friedman)")
@@ -100,21 +122,83 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--lrs", type=_floats, default=[1e-3, 1e-2, 1e-1])
     sweep.add_argument("--regs", type=_floats, default=[1e-10, 1e-5, 1e-1])
     sweep.add_argument("--methods", type=_methods, default=["slimtrain", "adam"])
-    _training_options(sweep)
-    return parser
+    _training_options(sweep, sweep=True)
+    return parser, {"demo": demo, "run": run, "sweep": sweep}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation)."""
+    return _build_parsers()[0]
+
+
+_COMMON = frozenset({"seed", "out", "no_progress"})
+_TRAINING = _COMMON | {"epochs", "batch_size", "lr", "alpha", "memory_depth", "initial_lambda",
+                       "device", "quick", "nproc"}
+
+# Why an option does not apply, where more can be said than "it is not used".
+_WHY = {
+    ("sweep", "lr"): "the sweep sets each cell's learning rate from --lrs",
+    ("sweep", "alpha"): "the sweep sets each cell's weight decay from --regs",
+    ("inverse", "lr"): "slimTik has no learning rate and minibatch SGD takes the step 1/L",
+    ("inverse", "method"): "it always compares slimTik + sGCV, the best fixed Tikhonov "
+    "solution and minibatch SGD",
+    ("inverse", "alpha"): "slimTik chooses its regularization by sGCV",
+    ("inverse", "initial_lambda"): "it starts slimTik from Lambda = 1e-10",
+    ("kernel", "method"): "it always compares EigenPro with exact kernel ridge regression",
+    ("kernel", "batch_size"): "EigenPro chooses its batch size",
+}
+
+
+def _applicable(command: str, experiment: str) -> frozenset[str]:
+    """The options (``dest`` names) that ``slimtrain COMMAND EXPERIMENT`` uses."""
+    if command == "sweep":
+        options = (_TRAINING - {"lr", "alpha"}) | {"lrs", "regs", "methods"}
+    elif experiment == "inverse":
+        options = _COMMON | {"epochs", "batch_size", "memory_depth"}
+    elif experiment == "kernel":
+        options = _COMMON | {"epochs", "data", "dataset", "kernel", "bandwidth"}
+    else:
+        options = _TRAINING | {"method"}
+    if experiment == "autoencoder":
+        options |= {"data"}
+    return frozenset(options)
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _check_applicable(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``parser.error`` (exit status 2) for a given option the experiment would not use."""
+    if args.command not in ("run", "sweep"):
+        return
+    usable = _applicable(args.command, args.experiment)
+    given = [dest for dest, value in vars(args).items()
+             if dest not in ("command", "verbose", "experiment")
+             and value is not None and value is not False]
+    for dest in given:
+        if dest in usable:
+            continue
+        where = f"'slimtrain {args.command} {args.experiment}'"
+        why = _WHY.get((args.experiment if args.command == "run" else "sweep", dest))
+        if why is None and dest == "data":
+            why = "only the autoencoder and kernel experiments read a data folder"
+        if why is None and dest in ("kernel", "bandwidth", "dataset"):
+            why = "it is an option of 'slimtrain run kernel'"
+        options = ", ".join(_flag(d) for d in vars(args) if d in usable)
+        parser.error(f"{_flag(dest)} does not apply to {where}"
+                     + (f": {why}" if why else "") + f". Its options are {options}.")
+    if args.nproc is not None and args.nproc < 1:
+        parser.error(f"--nproc must be >= 1, found {args.nproc}")
 
 
 def _config(args: argparse.Namespace, defaults: dict[str, Any]) -> RunConfig:
-    return RunConfig(
-        epochs=args.epochs if args.epochs is not None else defaults["epochs"],
-        batch_size=args.batch_size if args.batch_size is not None else defaults["batch_size"],
-        lr=args.lr,
-        alpha=args.alpha,
-        memory_depth=args.memory_depth,
-        initial_lambda=args.initial_lambda,
-        seed=args.seed,
-        device=args.device,
-    )
+    """RunConfig of the given options; absent ones take ``defaults`` (the experiment's epochs
+    and batch size), then RunConfig's own defaults."""
+    names = ("epochs", "batch_size", "lr", "alpha", "memory_depth", "initial_lambda", "seed",
+             "device")
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    return RunConfig(**{**defaults, **given})
 
 
 def _relaunch_with_torchrun(nproc: int, argv: Sequence[str]) -> int:
@@ -161,17 +245,18 @@ def _fmt(value: Any) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``slimtrain`` console script and ``python -m slimtrain``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser, subparsers = _build_parsers()
     args = parser.parse_args(argv)
+    _check_applicable(args, subparsers[args.command])
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if getattr(args, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ:
+    if (getattr(args, "nproc", None) or 1) > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch_with_torchrun(args.nproc, argv)
 
     from slimtrain import experiments
     from slimtrain.training.distributed import init_from_env, is_main_process
 
-    init_from_env(getattr(args, "device", "cpu"))
+    init_from_env(getattr(args, "device", None) or RunConfig.device)
     progress = not args.no_progress and is_main_process()
     try:
         if args.command == "demo":
@@ -180,13 +265,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "run" and args.experiment == "kernel":
             dataset = args.dataset or ("mnist" if args.data else "digits")
             out = args.out or default_out_dir("kernel")
+            # Absent options take run_kernel_experiment's own defaults.
+            optional = {k: getattr(args, k) for k in ("kernel", "epochs")
+                        if getattr(args, k) is not None}
             summary = experiments.run_kernel_experiment(
-                dataset=dataset, data_dir=args.data, kernel=args.kernel,
-                bandwidth=args.bandwidth, epochs=args.epochs if args.epochs is not None else 10,
-                out_dir=out, seed=args.seed, progress=progress,
+                dataset=dataset, data_dir=args.data, bandwidth=args.bandwidth, out_dir=out,
+                seed=args.seed, progress=progress, **optional,
             )
         elif args.command == "run" and args.experiment == "inverse":
             out = args.out or default_out_dir("inverse")
+            # None (an absent option) takes run_inverse's own default.
             summary = experiments.run_inverse(
                 out_dir=out, seed=args.seed, memory_depth=args.memory_depth,
                 batch_size=args.batch_size, epochs=args.epochs, progress=progress,
@@ -195,8 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             defaults = experiments.experiment_defaults(args.experiment, quick=args.quick)
             config = _config(args, defaults)
             out = args.out or default_out_dir(args.experiment)
+            methods = args.method if args.method is not None else list(METHODS)
             summary = experiments.run_experiment(
-                args.experiment, args.method, config, out_dir=out, data_dir=args.data,
+                args.experiment, methods, config, out_dir=out, data_dir=args.data,
                 quick=args.quick, progress=progress,
             )
         else:

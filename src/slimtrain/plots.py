@@ -106,24 +106,31 @@ def plot_sweep_heatmaps(
     title: str = "final validation loss",
 ) -> Path:
     """Heatmaps of the final validation loss over (learning rate, regularization), one panel a
-    method, side by side with one shared log colour scale."""
+    method, side by side with one shared log colour scale.
+
+    The panels share the learning-rate axis: only the first is labelled, and constrained layout
+    keeps tick labels, titles and the colour bar apart."""
     values = np.concatenate([np.asarray(g, dtype=float).ravel() for g in grids.values()])
     finite = values[np.isfinite(values) & (values > 0)]
     lo, hi = (finite.min(), finite.max()) if finite.size else (1.0, 10.0)
     norm = matplotlib.colors.LogNorm(vmin=lo, vmax=max(hi, lo * 1.0001))
-    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids) + 1.0, 3.6),
+                             squeeze=False, layout="constrained")
     image = None
-    for ax, (method, grid) in zip(axes[0], grids.items(), strict=True):
+    for k, (ax, (method, grid)) in enumerate(zip(axes[0], grids.items(), strict=True)):
         arr = np.asarray(grid, dtype=float)
         image = ax.imshow(arr, cmap="viridis", norm=norm, origin="lower")
         for i in range(arr.shape[0]):
             for j in range(arr.shape[1]):
-                text = "nan" if not math.isfinite(arr[i, j]) else f"{arr[i, j]:.3g}"
-                ax.text(j, i, text, ha="center", va="center", color="w", fontsize=8)
+                finite_cell = math.isfinite(arr[i, j])
+                text = f"{arr[i, j]:.3g}" if finite_cell else "nan"  # nan cells are blank
+                ax.text(j, i, text, ha="center", va="center", color="w" if finite_cell else "k",
+                        fontsize=8)
         ax.set_xticks(range(len(regs)), [f"{r:g}" for r in regs])
         ax.set_yticks(range(len(lrs)), [f"{r:g}" for r in lrs])
         ax.set_xlabel("regularization (weight decay)")
-        ax.set_ylabel("learning rate")
+        if k == 0:
+            ax.set_ylabel("learning rate")
         ax.set_title(_label(method)[1])
     if image is not None:
         fig.colorbar(image, ax=axes[0].tolist(), shrink=0.85, label=title)

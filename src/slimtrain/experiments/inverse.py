@@ -36,7 +36,21 @@ from slimtrain.experiments.runner import _json_safe
 from slimtrain.linalg.solver import SlimTik
 from slimtrain.problems.inverse import make_deblur_problem
 
-__all__ = ["run_inverse", "format_inverse"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_MEMORY_DEPTH",
+    "DEFAULT_PASSES",
+    "format_inverse",
+    "run_inverse",
+]
+
+#: Rows per minibatch of :func:`run_inverse` (and ``slimtrain run inverse``) by default.
+DEFAULT_BATCH_SIZE = 64
+#: slimTik memory depth by default: 4 earlier batches of 64 rows plus the current one, 320 rows,
+#: exceed the 256 unknowns, and the memory reaches back no further than one pass (256 rows).
+DEFAULT_MEMORY_DEPTH = 4
+#: Passes of fresh measurements by default.
+DEFAULT_PASSES = 10
 
 
 def run_inverse(
@@ -55,9 +69,13 @@ def run_inverse(
     so sGCV is defined from the fifth step on, and the memory stays within one pass), 10 passes
     of fresh measurements, ``reduction="sum"`` (every row weighs the same).
     """
-    batch = 64 if batch_size is None else batch_size
-    depth = 4 if memory_depth is None else memory_depth
-    passes = 10 if epochs is None else epochs
+    batch = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+    depth = DEFAULT_MEMORY_DEPTH if memory_depth is None else memory_depth
+    passes = DEFAULT_PASSES if epochs is None else epochs
+    for name, value, least in (("batch_size", batch, 1), ("memory_depth", depth, 0),
+                               ("epochs", passes, 1), ("n", n, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, found {value!r}")
     problem = make_deblur_problem(n=n, noise=noise, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     # The measurement stream: every pass is a new noisy realisation, visited in random order.

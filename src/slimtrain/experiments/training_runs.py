@@ -40,15 +40,20 @@ def run_experiment(
     data_dir: str | os.PathLike[str] | None = None,
     quick: bool = False,
     progress: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train ``methods`` on experiment ``name`` and write the report folder.
+
+    ``data_dir``, ``quick`` and ``cache_dir`` (the CDR simulations' cache, default
+    ``$SLIMTRAIN_CACHE`` or ``~/.cache/slimtrain``) go to :func:`make_setup`.
 
     Returns the summary (also written as ``summary.json``): ``{"experiment", "config",
     "methods": {method: {"val_loss": [...], "train_loss": [...], "val_rel_error": [...],
     "sum_lambda": [...], "epoch_time": [...], "best_val_loss": float, ...}}}`` with lists
     indexed by epoch (0 = before training).
     """
-    setup = make_setup(name, seed=config.seed, data_dir=data_dir, quick=quick)
+    setup = make_setup(name, seed=config.seed, data_dir=data_dir, quick=quick,
+                       cache_dir=cache_dir)
     results = run_methods(setup, methods, config, progress=progress)
     if not is_main_process():
         return {}
@@ -76,16 +81,23 @@ def run_sweep(
     data_dir: str | os.PathLike[str] | None = None,
     quick: bool = False,
     progress: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Sensitivity grid: final validation loss over learning rate x regularization.
 
     The regularization is weight decay ``alpha`` on the parameters the optimizer trains (theta
     for slimTrain, every weight for the baselines); slimTrain's ``Lambda`` stays automatic. The
-    summary reports each method's grid, its spread ``max / min`` and the ratio of the spreads.
+    summary reports each method's grid, its spread ``max / min`` of the finite cells and the
+    ratio of the spreads. ``config.lr`` and ``config.alpha`` are replaced cell by cell.
+    ``data_dir``, ``quick`` and ``cache_dir`` go to :func:`make_setup`.
     """
     if not lrs or not regs:
         raise ValueError(f"expected non-empty grids, found lrs={lrs!r}, regs={regs!r}")
-    setup = make_setup(name, seed=config.seed, data_dir=data_dir, quick=quick)
+    for lr in lrs:  # validate every cell before any training
+        for reg in regs:
+            replace(config, lr=float(lr), alpha=float(reg))
+    setup = make_setup(name, seed=config.seed, data_dir=data_dir, quick=quick,
+                       cache_dir=cache_dir)
     grids = {m: np.full((len(lrs), len(regs)), math.nan) for m in methods}
     best = {m: np.full((len(lrs), len(regs)), math.nan) for m in methods}
     cells = [(i, j) for i in range(len(lrs)) for j in range(len(regs))]
