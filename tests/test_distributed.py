@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import socket
 from pathlib import Path
 
@@ -99,3 +100,44 @@ def test_message_size_formula():
     structure = head_adapter(head).statistics(head, x, head(x).detach()).structure
     assert structure is not None
     assert stats_message_bytes(257, 1, structure) == 8 * (4 * 64 * 65 // 2 + 257 + 257 + 3)
+
+
+def _bad_shard_worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=30))
+    try:
+        model = data_parallel(_model("linear"))
+        trainer = SlimTrain(model, torch.optim.Adam(model.feature_parameters(), lr=1e-2),
+                            memory_depth=2)
+        x, y = _data("linear", 3 * LOCAL * 2)
+        shard = [(x[i : i + LOCAL], y[i : i + LOCAL]) for i in range(rank * LOCAL, len(x),
+                                                                     2 * LOCAL)]
+        trainer.step(*shard[0])
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        lam_before = trainer.sum_lambda
+        xb, yb = shard[1]
+        if rank == 1:
+            yb = yb.clone()
+            yb[0, 0] = float("nan")
+        try:
+            trainer.step(xb, yb)
+            message = "no error"
+        except ValueError as error:
+            message = str(error)
+        unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        trainer.step(*shard[2])  # both ranks go on together after the rejected step
+        torch.save({"message": message, "unchanged": unchanged,
+                    "lambda_kept": trainer.solver.n_steps == 2 and lam_before > 0},
+                   Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_a_bad_shard_on_one_rank_stops_every_rank_without_hanging(tmp_path):
+    mp.spawn(_bad_shard_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert "process 1 rejected" in results[0]["message"]
+    assert "non-finite" in results[1]["message"] or "NaN" in results[1]["message"]
+    assert all(r["unchanged"] and r["lambda_kept"] for r in results)

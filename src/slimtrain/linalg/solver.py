@@ -180,13 +180,9 @@ class SlimTik:
         stats = gram_statistics(Z, C, n_samples=n_samples)
         return self.step_statistics(W, stats, lam=lam)
 
-    def step_statistics(
-        self, W: Tensor, stats: GramStats, lam: float | None = None
-    ) -> tuple[Tensor, SlimTikInfo]:
-        """Update ``W`` from precomputed :class:`GramStats` (the path heads and DDP use).
-
-        The statistics are validated (shapes against ``W``, finiteness) before anything is
-        changed; ``reducer`` (if any) is applied first.
+    def check_statistics(self, W: Tensor, stats: GramStats, lam: float | None = None) -> None:
+        """Raise ``ValueError``/``TypeError`` unless ``stats`` (and ``lam``) fit ``W`` and this
+        solver's memory and are finite. Changes nothing; :meth:`step_statistics` calls it.
         """
         W = check_tensor("W", W, ndim=2)
         check_finite("W", W)
@@ -211,6 +207,16 @@ class SlimTik:
                     f"the solver's memory holds Grams of shape {tuple(g.shape)} but W has p={p}; "
                     "call reset() before solving a problem of another size"
                 )
+
+    def step_statistics(
+        self, W: Tensor, stats: GramStats, lam: float | None = None
+    ) -> tuple[Tensor, SlimTikInfo]:
+        """Update ``W`` from precomputed :class:`GramStats` (the path heads and DDP use).
+
+        The statistics are validated (:meth:`check_statistics`) before anything is changed;
+        ``reducer`` (if any) is applied next.
+        """
+        self.check_statistics(W, stats, lam)
         if self.reducer is not None:
             stats = self.reducer(stats)
         device = W.device

@@ -44,6 +44,7 @@ __all__ = [
     "distributed_reducer",
     "stats_message_bytes",
     "all_reduce_sums",
+    "agree_batch_ok",
     "check_same_across_ranks",
     "init_from_env",
     "data_parallel",
@@ -146,6 +147,28 @@ def all_reduce_sums(values: list[float], device: torch.device | None = None) -> 
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return [float(v) for v in tensor]
+
+
+def agree_batch_ok(error: BaseException | None, device: torch.device | None = None) -> None:
+    """Tell every rank whether all ranks accepted their batch; raise on the others if not.
+
+    Call it exactly once per step on every rank, before the step's first collective: a rank
+    whose batch failed validation passes its ``error`` (and then raises it itself), the others
+    pass ``None`` and get a ``ValueError`` naming the failing rank if there is one. So a bad
+    shard stops the step on every process, with nothing changed, instead of leaving the other
+    processes waiting in the all-reduce. No-op without a process group.
+    """
+    if not is_distributed():
+        return
+    failed = torch.tensor([0 if error is None else rank() + 1], dtype=torch.int64,
+                          device=device)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    culprit = int(failed.item()) - 1
+    if error is None and culprit >= 0:
+        raise ValueError(
+            f"process {culprit} rejected its shard of this batch (see its error); every process "
+            "skipped the step and nothing was changed"
+        )
 
 
 def check_same_across_ranks(

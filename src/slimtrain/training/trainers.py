@@ -256,7 +256,20 @@ class SlimTrain(Trainer):
             after any other exception raised before the optimizer step.
         """
         start = time.perf_counter()
-        x, y = self._prepare(x, y)
+        # Under torch.distributed every rank must reach each collective of the step (DDP's
+        # forward, the statistics all-reduce), or none may: a rank that rejects its batch tells
+        # the others by a flag all-reduce, before the forward for a bad batch and before the
+        # statistics all-reduce for bad features or targets, and every rank raises.
+        shared = distributed.is_distributed()
+        try:
+            x, y = self._prepare(x, y)
+        except (ValueError, TypeError) as error:
+            if shared:
+                distributed.agree_batch_ok(error, self.device)
+            raise
+        if shared:
+            distributed.agree_batch_ok(None, self.device)
+        agreed = False
         model, head, solver = self.model, self.model.head, self.solver
         # The forward updates buffers (BatchNorm running statistics): keep copies so that a
         # failed step (non-finite features, targets of the wrong shape, ...) changes nothing.
@@ -268,6 +281,10 @@ class SlimTrain(Trainer):
             detached = features.detach()
             check_finite("features", detached)
             stats = self.adapter.statistics(head, detached, y, dtype=self.accumulate_dtype)
+            if shared:
+                solver.check_statistics(W, stats)
+                agreed = True
+                distributed.agree_batch_ok(None, self.device)
             W_new, info = solver.step_statistics(W, stats)
             self.adapter.set_weight(head, W_new)
             if self.debug_distributed:
@@ -275,10 +292,12 @@ class SlimTrain(Trainer):
             self.optimizer.zero_grad(set_to_none=True)
             loss = squared_loss(head(features), y)
             loss.backward()
-        except BaseException:
+        except BaseException as error:
             _restore_buffers(model, buffers)
             solver.state, solver.last_info = solver_state, solver_info
             self.adapter.set_weight(head, W)
+            if shared and not agreed and isinstance(error, (ValueError, TypeError)):
+                distributed.agree_batch_ok(error, self.device)
             raise
         self.optimizer.step()
         self._report_status(info.status, solver.n_steps)
