@@ -273,6 +273,32 @@ def test_cli_run_peaks_uses_the_experiment_defaults(
     assert "slimtrain" in printed and "best val loss" in printed and str(out) in printed
 
 
+def test_cli_resume_continues_a_run_exactly(tmp_path: Path) -> None:
+    def run(out: Path, epochs: int, *extra: str) -> dict[str, Any]:
+        code = cli.main(["run", "peaks", "--quick", "--epochs", str(epochs), "--method",
+                         "slimtrain,adam", "--out", str(out), "--no-progress", *extra])
+        assert code == 0
+        return json.loads((out / "summary.json").read_text())["methods"]
+
+    interrupted = tmp_path / "interrupted"
+    run(interrupted, 1)
+    assert sorted(p.name for p in (interrupted / "checkpoints").iterdir()) == [
+        "adam.pt", "slimtrain.pt"]
+    resumed = run(interrupted, 2, "--resume")
+    straight = run(tmp_path / "straight", 2)
+    for method in ("slimtrain", "adam"):
+        assert resumed[method]["val_loss"] == straight[method]["val_loss"]
+        assert resumed[method]["train_loss"] == straight[method]["train_loss"]
+    assert resumed["slimtrain"]["sum_lambda"] == straight["slimtrain"]["sum_lambda"]
+
+
+def test_cli_resume_needs_out(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "peaks", "--resume", "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "--resume continues the run in --out" in capsys.readouterr().err
+
+
 def test_cli_inverse_uses_run_inverse_defaults(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

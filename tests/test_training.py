@@ -347,20 +347,36 @@ def test_any_failure_in_a_slimtrain_step_restores_buffers_w_and_solver(monkeypat
     assert trainer.solver.last_info == last_info
 
 
-def test_non_ok_status_warns_once_then_logs_at_debug(caplog):
+def test_non_ok_status_is_info_once_and_a_warning_when_it_persists(caplog):
     trainer = _slimtrain(17, memory_depth=0)  # p = 12 features + bias = 13 unknowns
     x, y = _regression_data(8, seed=17)  # 8 rows <= 13: degenerate
     name = "slimtrain.training.trainers"
+    n = trainer.STATUS_WARN_STEPS
     with caplog.at_level(logging.DEBUG, logger=name):
-        infos = [trainer.step(x, y) for _ in range(3)]
-    assert [info["status_ok"] for info in infos] == [0.0, 0.0, 0.0]
+        infos = [trainer.step(x, y) for _ in range(n + 5)]
+    assert all(info["status_ok"] == 0.0 for info in infos)
     mine = [r for r in caplog.records if r.name == name]
-    warnings = [r for r in mine if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "memory_depth" in warnings[0].getMessage()  # the status's advice reaches the user
-    assert len([r for r in mine if r.levelno == logging.DEBUG]) == 2
+    levels = [r.levelno for r in mine]
+    assert levels[0] == logging.INFO  # the first occurrence: expected at the start of a run
+    assert levels.count(logging.WARNING) == 1  # once it persisted for n steps, once only
+    warning = next(r for r in mine if r.levelno == logging.WARNING)
+    assert levels.index(logging.WARNING) == n - 1
+    assert f"steps 1-{n}" in warning.getMessage()
+    assert "memory_depth" in warning.getMessage()  # the status's advice reaches the user
+    assert levels.count(logging.DEBUG) == n + 5 - 2
     ok = _slimtrain(17, lambda_rule="constant").step(*_regression_data(64, seed=17))
     assert ok["status_ok"] == 1.0
+
+
+def test_a_transient_status_is_not_a_warning(caplog):
+    trainer = _slimtrain(17, memory_depth=0)
+    bad, good = _regression_data(8, seed=17), _regression_data(64, seed=18)
+    with caplog.at_level(logging.DEBUG, logger="slimtrain.training.trainers"):
+        for _ in range(3):
+            for _ in range(trainer.STATUS_WARN_STEPS - 1):
+                trainer.step(*bad)
+            trainer.step(*good)  # breaks the streak of degenerate steps
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_gradient_trainer_keeps_parameters_frozen_by_the_user():

@@ -112,6 +112,10 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
                      "laplacian or cauchy")
     run.add_argument("--bandwidth", type=float, default=None,
                      help="kernel bandwidth (default: 5 for digits and MNIST, 1 for friedman)")
+    run.add_argument("--resume", action="store_true",
+                     help="training experiments: continue the run in --out from the checkpoints "
+                     "it wrote to OUT/checkpoints after every epoch (same settings and number "
+                     "of processes; --epochs may grow)")
     run.add_argument("--dataset", default=None,
                      help="kernel experiment: digits, mnist or friedman (default: mnist with "
                      "--data, else digits)")
@@ -158,7 +162,7 @@ def _applicable(command: str, experiment: str) -> frozenset[str]:
     elif experiment == "kernel":
         options = _COMMON | {"epochs", "data", "dataset", "kernel", "bandwidth"}
     else:
-        options = _TRAINING | {"method"}
+        options = _TRAINING | {"method", "resume"}
     if experiment == "autoencoder":
         options |= {"data"}
     return frozenset(options)
@@ -282,11 +286,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "run":
             defaults = experiments.experiment_defaults(args.experiment, quick=args.quick)
             config = _config(args, defaults)
+            if args.resume and args.out is None:
+                subparsers["run"].error("--resume continues the run in --out DIR; give --out")
             out = args.out or default_out_dir(args.experiment)
             methods = args.method if args.method is not None else list(METHODS)
             summary = experiments.run_experiment(
                 args.experiment, methods, config, out_dir=out, data_dir=args.data,
-                quick=args.quick, progress=progress,
+                quick=args.quick, progress=progress, checkpoint_dir=Path(out) / "checkpoints",
+                resume=args.resume,
             )
         else:
             defaults = experiments.experiment_defaults(args.experiment, quick=args.quick)

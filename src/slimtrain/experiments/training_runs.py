@@ -41,11 +41,15 @@ def run_experiment(
     quick: bool = False,
     progress: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train ``methods`` on experiment ``name`` and write the report folder.
 
     ``data_dir``, ``quick`` and ``cache_dir`` (the CDR simulations' cache, default
-    ``$SLIMTRAIN_CACHE`` or ``~/.cache/slimtrain``) go to :func:`make_setup`.
+    ``$SLIMTRAIN_CACHE`` or ``~/.cache/slimtrain``) go to :func:`make_setup`;
+    ``checkpoint_dir`` (a checkpoint per method after every epoch) and ``resume`` (continue
+    from them) to :func:`~slimtrain.experiments.run_methods`.
 
     Returns the summary (also written as ``summary.json``): ``{"experiment", "config",
     "methods": {method: {"val_loss": [...], "train_loss": [...], "val_rel_error": [...],
@@ -54,7 +58,8 @@ def run_experiment(
     """
     setup = make_setup(name, seed=config.seed, data_dir=data_dir, quick=quick,
                        cache_dir=cache_dir)
-    results = run_methods(setup, methods, config, progress=progress)
+    results = run_methods(setup, methods, config, progress=progress,
+                          checkpoint_dir=checkpoint_dir, resume=resume)
     if not is_main_process():
         return {}
     return write_report(setup, config, results, Path(out_dir), {"methods": list(methods),

@@ -239,13 +239,18 @@ class SlimTrain(Trainer):
             reducer = distributed.distributed_reducer(debug=debug_distributed)
         self.solver = SlimTik(reducer=reducer, **slimtik_options)
         self._warned_statuses: set[SlimTikStatus] = set()
+        self._seen_statuses: set[SlimTikStatus] = set()
+        self._streak: tuple[SlimTikStatus | None, int] = (None, 0)
 
     def step(self, x: Tensor, y: Tensor) -> dict[str, float]:
         """One slimTrain step; returns loss, lam, sum_lambda, gcv, rel_residual, status_ok, time.
 
         ``status_ok`` is 1.0 when the slimTik step needed no action and 0.0 otherwise (the
-        degenerate case, ``Lambda`` at a bound, sGCV undefined); the first time a trainer sees
-        each such status it logs a warning with the status's advice, later ones at DEBUG.
+        degenerate case, ``Lambda`` at a bound, sGCV undefined). The first time a trainer sees
+        each such status it logs it at INFO (a few degenerate steps at the start are expected
+        when a batch has fewer rows than the head has unknowns); when the same status persists
+        for ``STATUS_WARN_STEPS`` steps in a row it logs a warning with the status's advice,
+        once per status. Other occurrences go to DEBUG.
 
         Raises
         ------
@@ -311,19 +316,24 @@ class SlimTrain(Trainer):
             "time": time.perf_counter() - start,
         }
 
+    #: Consecutive steps with the same non-ok slimTik status after which it is a warning.
+    STATUS_WARN_STEPS = 20
+
     def _report_status(self, status: SlimTikStatus, step: int) -> None:
-        """Warn once per trainer and non-ok status (rank 0 only); repeats go to DEBUG."""
+        """Log a non-ok status: INFO the first time, a warning once it persists (rank 0)."""
+        previous, count = self._streak
+        self._streak = (status, count + 1 if status == previous else 1)
         if status.is_ok or not distributed.is_main_process():
             return
-        if status in self._warned_statuses:
-            logger.debug("slimTik step %d: %s", step, status.value)
-        else:
+        run = self._streak[1]
+        if run >= self.STATUS_WARN_STEPS and status not in self._warned_statuses:
             self._warned_statuses.add(status)
-            logger.warning(
-                "slimTik step %d: %s (further occurrences are logged at DEBUG level)",
-                step,
-                status.value,
-            )
+            logger.warning("slimTik steps %d-%d: %s", step - run + 1, step, status.value)
+        elif status not in self._seen_statuses:
+            self._seen_statuses.add(status)
+            logger.info("slimTik step %d: %s", step, status.value)
+        else:
+            logger.debug("slimTik step %d: %s", step, status.value)
 
     @property
     def sum_lambda(self) -> float:
