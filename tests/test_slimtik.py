@@ -61,7 +61,7 @@ def _reference_tikhonov(batches, reduction, lambda0, lambda_k, W0):
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize(("p", "t", "sizes"), [(4, 1, [7, 9, 3]), (12, 3, [20, 20, 20, 5]),
                                                (30, 5, [16, 40, 25, 11, 8])])
-@pytest.mark.parametrize("schedule", ["positive", "mixed", "sgcv"])
+@pytest.mark.parametrize("schedule", ["positive", "mixed", "below_start", "sgcv"])
 def test_full_memory_equals_whole_data_tikhonov(reduction, p, t, sizes, schedule):
     gen = torch.Generator().manual_seed(p * 100 + t)
     batches = _batches(gen, p, t, sizes)
@@ -71,7 +71,9 @@ def test_full_memory_equals_whole_data_tikhonov(reduction, p, t, sizes, schedule
     W0 = torch.randn(t, p, generator=gen, dtype=f64)
     W = W0.clone()
     lams = {"positive": [0.5, 0.01, 2.0, 0.1, 0.7],
-            "mixed": [0.8, -0.5, 0.2, -0.4, 1.0]}.get(schedule)
+            "mixed": [0.8, -0.5, 0.2, -0.4, 1.0],
+            # Lambda_k - Lambda_0 < 0 from step 2 on: the reference's normal-equations branch.
+            "below_start": [0.1, -0.3, -0.05, 0.2, -0.1]}.get(schedule)
     for k, (Z, C) in enumerate(batches):
         lam = None if lams is None else lams[k]
         W, info = solver.step(W, Z, C, lam=lam)
@@ -152,6 +154,57 @@ def test_sgcv_values_equal_brute_force():
     lam_grid, g_grid, _ = select_lambda_sgcv(terms, Lam, config.lower, config.upper, refine=False)
     assert g_grid == pytest.approx(float(gcv.min()))
     assert lam_grid == pytest.approx(float(lams[torch.argmin(gcv)]))
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_step_info_equals_brute_force_at_every_step(depth):
+    """info.gcv and info.rel_residual of the assembled step (memory, shortcut for an empty
+    memory, expanded residual) against sGCV formed from the explicit rows and B(lam)."""
+    gen = torch.Generator().manual_seed(11 + depth)
+    p, t = 7, 2
+    batches = _batches(gen, p, t, [20, 16, 24, 20, 9], noise=0.3)
+    solver = SlimTik(memory_depth=depth, initial_lambda=0.05)
+    W = 0.1 * torch.randn(t, p, generator=gen, dtype=f64)
+    grams: list[torch.Tensor] = []
+    for Z, C in batches:
+        n = Z.shape[0]
+        Zs, Cs = Z / math.sqrt(n), C / math.sqrt(n)
+        G = Zs.T @ Zs
+        M = G + sum(grams[-depth:] if depth else [], torch.zeros(p, p, dtype=f64))
+        Lam = solver.sum_lambda
+        W_new, info = solver.step(W, Z, C)
+        assert info.status is SlimTikStatus.OK or info.status.name.startswith("LAMBDA_AT")
+        B = M + (Lam + info.lam) * torch.eye(p, dtype=f64)
+        H = Zs.T @ (Zs @ W.T - Cs)
+        W_lam = W.T - torch.linalg.solve(B, H + info.lam * W.T)
+        torch.testing.assert_close(W_new, W_lam.T, rtol=1e-9, atol=1e-12)
+        residual = ((Zs @ W_lam - Cs) ** 2).sum()
+        influence = Zs @ torch.linalg.pinv(B) @ Zs.T
+        brute = residual / (t * n - t * torch.trace(influence)) ** 2
+        assert info.gcv == pytest.approx(float(brute), rel=1e-7)
+        assert info.rel_residual == pytest.approx(
+            float(torch.sqrt(residual) / torch.linalg.norm(Cs)), rel=1e-7)
+        grams.append(G)
+        W = W_new
+
+
+def test_degenerate_case_counts_the_rows_in_memory():
+    """(rows in memory incl. this batch) <= p: degenerate, Lambda kept; more rows: sGCV."""
+    gen = torch.Generator().manual_seed(12)
+    p = 10
+    batches = _batches(gen, p, 1, [4] * 4)
+    solver = SlimTik(memory_depth=2, initial_lambda=0.01)
+    W = torch.zeros(1, p, dtype=f64)
+    statuses, lambdas = [], []
+    for Z, C in batches:
+        W, info = solver.step(W, Z, C)
+        statuses.append(info.status)
+        lambdas.append(info.sum_lambda)
+        assert bool(torch.isfinite(W).all())
+    # 4, 8 rows <= 10: degenerate; then 12 rows (2 stored batches + this one): sGCV runs.
+    assert statuses[:2] == [SlimTikStatus.DEGENERATE] * 2
+    assert lambdas[:2] == [0.01, 0.01]
+    assert SlimTikStatus.DEGENERATE not in statuses[2:]
 
 
 def test_multi_output_equals_separate_outputs_with_same_lam():
@@ -461,3 +514,22 @@ def test_loaded_grams_do_not_alias_the_state_dict():
     target.load_state_dict(sd)
     sd["grams"][0].fill_(0.0)
     assert not torch.equal(target.state.grams[0], sd["grams"][0])
+
+
+def test_a_clipped_increment_says_so():
+    gen = torch.Generator().manual_seed(13)
+    (Z, C), (Z2, C2) = _batches(gen, 4, 1, [20, 20])
+    # SPEC defaults: initial_lambda 1e-10 < lower 1e-7, so the first constant step is clipped.
+    solver = SlimTik(lambda_rule="constant")
+    W, info = solver.step(torch.zeros(1, 4, dtype=f64), Z, C)
+    assert info.status is SlimTikStatus.CLIPPED and "lower" in info.status.value
+    assert info.sum_lambda == solver.config.lower
+    W, info = solver.step(W, Z2, C2)  # now Lambda + initial_lambda >= lower
+    assert info.status is SlimTikStatus.CONSTANT
+    assert info.sum_lambda == pytest.approx(solver.config.lower + 1e-10, rel=1e-12)
+    prescribed = SlimTik(initial_lambda=0.5)
+    _, info = prescribed.step(torch.zeros(1, 4, dtype=f64), Z, C, lam=-2.0)
+    assert info.status is SlimTikStatus.CLIPPED
+    assert info.sum_lambda == pytest.approx(prescribed.config.lower, rel=1e-9)
+    _, info = prescribed.step(torch.zeros(1, 4, dtype=f64), Z, C, lam=0.1)
+    assert info.status is SlimTikStatus.OK

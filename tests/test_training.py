@@ -364,7 +364,8 @@ def test_non_ok_status_is_info_once_and_a_warning_when_it_persists(caplog):
     assert f"steps 1-{n}" in warning.getMessage()
     assert "memory_depth" in warning.getMessage()  # the status's advice reaches the user
     assert levels.count(logging.DEBUG) == n + 5 - 2
-    ok = _slimtrain(17, lambda_rule="constant").step(*_regression_data(64, seed=17))
+    ok = _slimtrain(17, lambda_rule="constant", initial_lambda=1e-3).step(
+        *_regression_data(64, seed=17))
     assert ok["status_ok"] == 1.0
 
 

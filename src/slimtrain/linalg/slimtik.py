@@ -84,6 +84,11 @@ class SlimTikStatus(Enum):
         "batch is interpolated and sGCV is undefined; Lambda was kept. Use a larger batch or a "
         "deeper memory_depth."
     )
+    CLIPPED = (
+        "the prescribed increment (lam, or initial_lambda with lambda_rule='constant') would "
+        "take Lambda below `lower`; it was raised so that Lambda = lower. Lower `lower` or "
+        "raise the increment if you meant that Lambda."
+    )
     GCV_UNDEFINED = (
         "sGCV was not finite for any trial increment (the batch influence trace equals its rows); "
         "Lambda was kept. Use a larger batch or a deeper memory_depth."
@@ -277,11 +282,14 @@ def slimtik_update(
     Lambda = state.sum_lambda
     floor = config.lower - Lambda  # smallest admissible increment
     status = SlimTikStatus.OK
-    if lam is not None:
-        lam = max(float(lam), floor)
-    elif config.lambda_rule == "constant":
-        lam = max(config.initial_lambda, floor)
-        status = SlimTikStatus.CONSTANT
+    if lam is not None or config.lambda_rule == "constant":
+        prescribed = lam is not None
+        asked = float(lam) if lam is not None else config.initial_lambda
+        lam = max(asked, floor)
+        if asked < floor:
+            status = SlimTikStatus.CLIPPED
+        elif not prescribed:
+            status = SlimTikStatus.CONSTANT
     elif stats.n_rows + sum(state.rows) <= p:
         lam = max(0.0, floor)
         status = SlimTikStatus.DEGENERATE
