@@ -184,7 +184,9 @@ def arrow_values(
     R = terms.H.unsqueeze(0) + lams.view(-1, 1, 1) * terms.W.unsqueeze(0)  # (n, p, t)
     w = (u.unsqueeze(2) * R).sum(1) / sigma.unsqueeze(1)  # (n, t)
     U = d_ext.unsqueeze(2) * R + u.unsqueeze(2) * w.unsqueeze(1)  # (n, p, t)
-    GU = torch.matmul(terms.G, U)  # (n, p, t)
+    n, p, t = U.shape
+    # One (p, p) x (p, n t) GEMM; a broadcast matmul would run n small products instead.
+    GU = (terms.G @ U.transpose(0, 1).reshape(p, n * t)).reshape(p, n, t).transpose(0, 1)
     quad = (U * GU).sum((1, 2))
     lin = (U * terms.H.unsqueeze(0)).sum((1, 2))
     residual = (quad - 2.0 * lin + terms.r2).clamp_min(0.0)

@@ -241,6 +241,7 @@ class SlimTrain(Trainer):
         self._warned_statuses: set[SlimTikStatus] = set()
         self._seen_statuses: set[SlimTikStatus] = set()
         self._streak: tuple[SlimTikStatus | None, int] = (None, 0)
+        self._ddp_checked = False
 
     def step(self, x: Tensor, y: Tensor) -> dict[str, float]:
         """One slimTrain step; returns loss, lam, sum_lambda, gcv, rel_residual, status_ok, time.
@@ -266,6 +267,8 @@ class SlimTrain(Trainer):
         # the others by a flag all-reduce, before the forward for a bad batch and before the
         # statistics all-reduce for bad features or targets, and every rank raises.
         shared = distributed.is_distributed()
+        if shared:
+            self._check_distributed_setup()
         try:
             x, y = self._prepare(x, y)
         except (ValueError, TypeError) as error:
@@ -315,6 +318,27 @@ class SlimTrain(Trainer):
             "status_ok": 1.0 if info.status.is_ok else 0.0,
             "time": time.perf_counter() - start,
         }
+
+    def _check_distributed_setup(self) -> None:
+        """Inside a process group: the statistics must be all-reduced (else every rank would
+        solve for its own shard and the ranks' W would drift apart), and theta's gradients
+        should be averaged by DistributedDataParallel (warned once if not)."""
+        if self.solver.reducer is None:
+            raise ValueError(
+                "torch.distributed is initialized but this SlimTrain has no statistics reducer: "
+                "it was built before init_process_group. Build it after, or pass "
+                "reducer=slimtrain.training.distributed.distributed_reducer()"
+            )
+        if not self._ddp_checked:
+            self._ddp_checked = True
+            from torch.nn.parallel import DistributedDataParallel
+
+            if not isinstance(self.model.features, DistributedDataParallel):
+                logger.warning(
+                    "torch.distributed is initialized but the feature extractor is not wrapped "
+                    "in DistributedDataParallel: theta's gradients are not averaged across "
+                    "ranks. Use slimtrain.training.distributed.data_parallel(model)."
+                )
 
     #: Consecutive steps with the same non-ok slimTik status after which it is a warning.
     STATUS_WARN_STEPS = 20
