@@ -100,6 +100,43 @@ def test_step_gradient_equals_gradient_with_new_w_fixed():
     assert info["sum_lambda"] == pytest.approx(info_ref.sum_lambda, rel=1e-6)
 
 
+def _conv_model(head: str) -> SeparableModel:
+    torch.manual_seed(5)
+    features = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh())
+    heads = {"conv2d": nn.Conv2d(4, 3, 3, stride=2, padding=1),
+             "convtranspose2d": nn.ConvTranspose2d(4, 2, 4, stride=2, padding=1)}
+    return SeparableModel(features, heads[head]).double()
+
+
+@pytest.mark.parametrize("head", ["conv2d", "convtranspose2d"])
+def test_conv_head_step_gradient_and_w_equal_references(head):
+    """For convolutional heads (BatchNorm in the features): W is slimTik on the explicit
+    rows, and theta's gradient is the loss gradient with that W fixed."""
+    model = _conv_model(head)
+    trainer = SlimTrain(model, torch.optim.SGD(model.feature_parameters(), lr=0.0),
+                        memory_depth=2)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(6, 2, 7, 7, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        y = torch.randn(model(x).shape, generator=gen, dtype=torch.float64)
+    before = copy.deepcopy(model)
+    solver = SlimTik(memory_depth=2)
+    adapter = head_adapter(before.head)
+    W_ref = adapter.get_weight(before.head)
+    for _ in range(2):
+        info = trainer.step(x, y)
+        Z, C = adapter.design(before.head, before.features(x).detach(), y)
+        W_ref, info_ref = solver.step(W_ref, Z, C, n_samples=x.shape[0])
+        torch.testing.assert_close(adapter.get_weight(model.head), W_ref, rtol=1e-9, atol=1e-11)
+        assert info["sum_lambda"] == pytest.approx(info_ref.sum_lambda, rel=1e-9)
+    reference = copy.deepcopy(model)
+    loss = squared_loss(reference(x), y)
+    grads = torch.autograd.grad(loss, list(reference.features.parameters()))
+    for p, g in zip(model.features.parameters(), grads, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)
+    assert info["loss"] == pytest.approx(float(loss.detach()), rel=1e-10)
+
+
 def test_slimtrain_beats_adam_after_one_epoch_and_both_decrease():
     results = {}
     for method in ("slimtrain", "adam"):
