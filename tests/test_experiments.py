@@ -299,16 +299,22 @@ def test_cli_resume_needs_out(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--resume continues the run in --out" in capsys.readouterr().err
 
 
-def test_cli_inverse_uses_run_inverse_defaults(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _record_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[dict[str, Any]]:
+    """Replace ``experiments.<name>`` by a fake that records its keyword arguments."""
     calls: list[dict[str, Any]] = []
 
     def fake(**kwargs: Any) -> dict[str, Any]:
         calls.append(kwargs)
         return {"experiment": "fake"}
 
-    monkeypatch.setattr(experiments, "run_inverse", fake)
+    monkeypatch.setattr(experiments, name, fake)
+    return calls
+
+
+def test_cli_inverse_uses_run_inverse_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls = _record_calls(monkeypatch, "run_inverse")
     assert cli.main(["run", "inverse", "--out", str(tmp_path), "--no-progress"]) == 0
     assert calls[-1]["memory_depth"] is None  # None: run_inverse's own default
     assert calls[-1]["batch_size"] is None and calls[-1]["epochs"] is None
@@ -321,13 +327,7 @@ def test_cli_inverse_uses_run_inverse_defaults(
 def test_cli_kernel_passes_only_the_given_options(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    calls: list[dict[str, Any]] = []
-
-    def fake(**kwargs: Any) -> dict[str, Any]:
-        calls.append(kwargs)
-        return {"experiment": "fake"}
-
-    monkeypatch.setattr(experiments, "run_kernel_experiment", fake)
+    calls = _record_calls(monkeypatch, "run_kernel_experiment")
     assert cli.main(["run", "kernel", "--out", str(tmp_path), "--no-progress"]) == 0
     assert "epochs" not in calls[-1] and "kernel" not in calls[-1]  # the function's defaults
     assert calls[-1]["dataset"] == "digits"
