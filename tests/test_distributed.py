@@ -104,16 +104,9 @@ def test_message_size_formula():
 
 def _bad_shard_worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
-    early_model = _model("linear")  # built before the process group: no statistics reducer
-    early = SlimTrain(early_model, torch.optim.Adam(early_model.feature_parameters()))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=30))
     try:
-        try:
-            early.step(*_data("linear", LOCAL))
-            early_message = "no error"
-        except ValueError as error:
-            early_message = str(error)
         model = data_parallel(_model("linear"))
         trainer = SlimTrain(model, torch.optim.Adam(model.feature_parameters(), lr=1e-2),
                             memory_depth=2)
@@ -134,7 +127,7 @@ def _bad_shard_worker(rank: int, world: int, port: int, out: str) -> None:
             message = str(error)
         unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
         trainer.step(*shard[2])  # both ranks go on together after the rejected step
-        torch.save({"message": message, "unchanged": unchanged, "early": early_message,
+        torch.save({"message": message, "unchanged": unchanged,
                     "lambda_kept": trainer.solver.n_steps == 2 and lam_before > 0},
                    Path(out) / f"rank{rank}.pt")
     finally:
@@ -148,4 +141,25 @@ def test_a_bad_shard_on_one_rank_stops_every_rank_without_hanging(tmp_path):
     assert "process 1 rejected" in results[0]["message"]
     assert "non-finite" in results[1]["message"] or "NaN" in results[1]["message"]
     assert all(r["unchanged"] and r["lambda_kept"] for r in results)
-    assert all("built before init_process_group" in r["early"] for r in results)
+
+
+def test_misuse_under_a_process_group_is_caught(monkeypatch, caplog):
+    """Built before init_process_group (no reducer): an error before anything changes; a
+    feature extractor without DDP: a warning, once."""
+    from slimtrain.training import distributed
+
+    model = _model("linear")
+    trainer = SlimTrain(model, torch.optim.Adam(model.feature_parameters()))  # no group yet
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    with pytest.raises(ValueError, match="built before init_process_group"):
+        trainer.step(*_data("linear", LOCAL))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert trainer.solver.n_steps == 0
+    trainer.solver.reducer = lambda stats: stats  # a reducer, but theta not in DDP
+    monkeypatch.setattr(distributed, "agree_batch_ok", lambda error, device=None: None)
+    with caplog.at_level("WARNING", logger="slimtrain.training.trainers"):
+        trainer.step(*_data("linear", LOCAL))
+        trainer.step(*_data("linear", LOCAL))
+    warnings = [r for r in caplog.records if "DistributedDataParallel" in r.getMessage()]
+    assert len(warnings) == 1
