@@ -209,14 +209,16 @@ class SlimTik:
                 )
 
     def step_statistics(
-        self, W: Tensor, stats: GramStats, lam: float | None = None
+        self, W: Tensor, stats: GramStats, lam: float | None = None, *, checked: bool = False
     ) -> tuple[Tensor, SlimTikInfo]:
         """Update ``W`` from precomputed :class:`GramStats` (the path heads and DDP use).
 
-        The statistics are validated (:meth:`check_statistics`) before anything is changed;
-        ``reducer`` (if any) is applied next.
+        The statistics are validated (:meth:`check_statistics`) before anything is changed,
+        unless ``checked`` says the caller has just done so for these arguments; ``reducer``
+        (if any) is applied next.
         """
-        self.check_statistics(W, stats, lam)
+        if not checked:
+            self.check_statistics(W, stats, lam)
         if self.reducer is not None:
             stats = self.reducer(stats)
         device = W.device

@@ -289,11 +289,11 @@ class SlimTrain(Trainer):
             detached = features.detach()
             check_finite("features", detached)
             stats = self.adapter.statistics(head, detached, y, dtype=self.accumulate_dtype)
+            solver.check_statistics(W, stats)
             if shared:
-                solver.check_statistics(W, stats)
                 agreed = True
                 distributed.agree_batch_ok(None, self.device)
-            W_new, info = solver.step_statistics(W, stats)
+            W_new, info = solver.step_statistics(W, stats, checked=True)
             self.adapter.set_weight(head, W_new)
             if self.debug_distributed:
                 distributed.check_same_across_ranks(W_new, "the head weights W")
