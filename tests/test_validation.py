@@ -23,8 +23,14 @@ def test_opposite_infinities_and_counts():
         check_finite("x", x)
 
 
-def test_huge_finite_values_whose_sum_overflows_pass():
-    # The float64 sum overflows to inf; the entrywise fallback then finds nothing wrong.
-    check_finite("x", torch.full((8,), 1e308, dtype=torch.float64))
-    check_finite("x", torch.full((8,), 3e38, dtype=torch.float32))  # float64 sum stays finite
+@pytest.mark.parametrize(("dtype", "big"), [(torch.float16, 6e4), (torch.float32, 3e38),
+                                           (torch.float64, 1e308)])
+def test_huge_finite_values_whose_sum_overflows_pass(dtype, big):
+    # The sum overflows to inf; the entrywise fallback then finds nothing wrong.
+    x = torch.full((8,), big, dtype=dtype)
+    assert not torch.isfinite(x.sum())
+    check_finite("x", x)
+
+
+def test_empty_tensor_passes():
     check_finite("empty", torch.empty(0, 3))
