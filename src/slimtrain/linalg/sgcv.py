@@ -61,8 +61,8 @@ class SGCVTerms(NamedTuple):
     s : Tensor
         Eigenvalues of the memory Gram, clipped at 0, shape ``(p,)``.
     quad : Tensor
-        Stacked quadratic-form matrices ``[G~ o H~H~^T, G~ o (H~W~^T + W~H~^T), G~ o W~W~^T]``,
-        shape ``(3, p, p)``.
+        The quadratic-form matrices ``[G~ o H~H~^T | G~ o (H~W~^T + W~H~^T) | G~ o W~W~^T]``
+        side by side, shape ``(p, 3 p)``, so that all candidates' forms take one GEMM.
     lin : Tensor
         ``[sum_k H~_jk^2, sum_k H~_jk W~_jk]``, shape ``(2, p)``.
     gdiag : Tensor
@@ -111,7 +111,7 @@ def sgcv_terms(
     HH = Ht @ Ht.T
     HW = Ht @ Wt.T
     WW = Wt @ Wt.T
-    quad = torch.stack((Gt * HH, Gt * (HW + HW.T), Gt * WW))
+    quad = torch.cat((Gt * HH, Gt * (HW + HW.T), Gt * WW), dim=1)
     lin = torch.stack(((Ht * Ht).sum(1), (Ht * Wt).sum(1)))
     return SGCVTerms(s, quad, lin, torch.diagonal(Gt).clone(), r2, int(rows), int(Ht.shape[1]))
 
@@ -142,10 +142,11 @@ def sgcv_values(
         gcv, residual, _ = arrow_values(terms, lams, sum_lambda)
         return gcv, residual
     d = 1.0 / (terms.s.unsqueeze(0) + (sum_lambda + lams).unsqueeze(1))  # (n, p)
-    # Quadratic forms d^T Q d for the three matrices at once: (3, n).
-    qf = ((d.unsqueeze(0) @ terms.quad) * d.unsqueeze(0)).sum(-1)
+    # Quadratic forms d^T Q_k d of the three matrices for every candidate, one GEMM: (n, 3).
+    n, p = d.shape
+    qf = ((d @ terms.quad).view(n, 3, p) * d.unsqueeze(1)).sum(-1)
     lin = d @ terms.lin.T  # (n, 2)
-    quad_term = qf[0] + lams * qf[1] + lams * lams * qf[2]
+    quad_term = qf[:, 0] + lams * qf[:, 1] + lams * lams * qf[:, 2]
     lin_term = lin[:, 0] + lams * lin[:, 1]
     residual = (quad_term - 2.0 * lin_term + terms.r2).clamp_min(0.0)
     trace = d @ terms.gdiag
