@@ -52,6 +52,10 @@ __all__ = ["SGCVTerms", "sgcv_terms", "sgcv_values", "candidate_grid", "select_l
 
 _EPS = float(torch.finfo(torch.float64).eps)
 
+#: Points and rounds of the bounded refinement of :func:`select_lambda_sgcv`.
+N_REFINE = 16
+REFINE_ROUNDS = 2
+
 
 class SGCVTerms(NamedTuple):
     """Per-step quantities from which sGCV of any candidate follows in ``O(p^2)``.
@@ -198,8 +202,8 @@ def select_lambda_sgcv(
     upper: float,
     n_candidates: int = 30,
     refine: bool = True,
-    n_refine: int = 16,
-    refine_rounds: int = 2,
+    n_refine: int = N_REFINE,
+    refine_rounds: int = REFINE_ROUNDS,
 ) -> tuple[float, float, bool]:
     r"""Choose the regularization increment by minimising sampled GCV.
 

@@ -46,7 +46,14 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from slimtrain.linalg.sgcv import SGCVTerms, select_lambda_sgcv, sgcv_terms, sgcv_values
+from slimtrain.linalg.sgcv import (
+    N_REFINE,
+    REFINE_ROUNDS,
+    SGCVTerms,
+    select_lambda_sgcv,
+    sgcv_terms,
+    sgcv_values,
+)
 from slimtrain.linalg.stats import GramStats
 from slimtrain.linalg.structured import (
     ArrowTerms,
@@ -327,8 +334,8 @@ def slimtik_update(
 # lam, squared residual after the update), both of shape (1,).
 _Finish = Callable[[Tensor, float, float], tuple[Tensor, Tensor, Tensor]]
 
-# Trial points of one sGCV selection: 2 n_candidates + 1 on the grid, 2 x 16 in the refinement.
-_REFINE_POINTS = 32
+# Trial points of one sGCV selection: 2 n_candidates + 1 on the grid, plus the refinement's.
+_REFINE_POINTS = N_REFINE * REFINE_ROUNDS
 
 
 def _use_structure(structure: GramStructure, M: Tensor, t: int, n_candidates: int) -> bool:

@@ -215,10 +215,9 @@ class BlockBasis(NamedTuple):
 
     def rotate(self, X: Tensor) -> Tensor:
         """``Q^T X[perm]`` for ``X`` of shape ``(p, t)``."""
-        Xp = X.index_select(0, self.layout.perm)
-        out = Xp.clone()
+        out = X.index_select(0, self.layout.perm)  # a new tensor, rotated in place by blocks
         for (offset, k, size), Q in zip(self.layout.classes, self.Q, strict=True):
-            block = Xp[offset : offset + k * size].reshape(k, size, -1)
+            block = out[offset : offset + k * size].reshape(k, size, -1)
             out[offset : offset + k * size] = (Q.transpose(1, 2) @ block).reshape(k * size, -1)
         return out
 

@@ -283,7 +283,7 @@ class SlimTrain(Trainer):
         # failed step (non-finite features, targets of the wrong shape, ...) changes nothing.
         buffers = [b.clone() for b in model.buffers()]
         solver_state, solver_info = solver.state, solver.last_info  # immutable records
-        W = self.adapter.get_weight(head).clone()
+        W = self.adapter.get_weight(head)  # a new tensor: the copy to restore on failure
         try:
             features = _forward(model.features, x, "features")
             detached = features.detach()
