@@ -34,3 +34,54 @@ def test_huge_finite_values_whose_sum_overflows_pass(dtype, big):
 
 def test_empty_tensor_passes():
     check_finite("empty", torch.empty(0, 3))
+
+
+def test_check_int_accepts_integers_and_rejects_bools_floats_and_out_of_range():
+    import numpy as np
+
+    from slimtrain._validation import check_int
+
+    assert check_int("n", 3) == 3
+    assert check_int("n", np.int64(4), minimum=4) == 4
+    with pytest.raises(TypeError, match="n must be an integer, found True"):
+        check_int("n", True)
+    with pytest.raises(TypeError, match="found 2.0"):
+        check_int("n", 2.0)
+    with pytest.raises(ValueError, match="n must be >= 1, found 0"):
+        check_int("n", 0, minimum=1)
+    with pytest.raises(ValueError, match="n must be <= 5, found 6"):
+        check_int("n", 6, maximum=5)
+
+
+def test_check_real_bounds_and_finiteness():
+    from slimtrain._validation import check_real
+
+    assert check_real("x", 2) == 2.0
+    assert isinstance(check_real("x", 2), float)
+    with pytest.raises(TypeError, match="x must be a real number"):
+        check_real("x", "1.0")
+    with pytest.raises(TypeError):
+        check_real("x", False)
+    with pytest.raises(ValueError, match="x must be finite, found nan"):
+        check_real("x", float("nan"))
+    with pytest.raises(ValueError, match="x must be > 0.0, found 0.0"):
+        check_real("x", 0.0, minimum=0.0, strict_minimum=True)
+    assert check_real("x", 0.0, minimum=0.0) == 0.0
+    with pytest.raises(ValueError, match="x must be <= 1.0"):
+        check_real("x", 1.5, maximum=1.0)
+
+
+def test_num_threads_sets_and_restores_the_caller_setting():
+    import torch
+
+    from slimtrain._threads import num_threads, threads_per_local_process
+
+    before = torch.get_num_threads()
+    with num_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), num_threads(1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    assert threads_per_local_process(1) >= threads_per_local_process(2) >= 1
+    assert threads_per_local_process(10**6) == 1

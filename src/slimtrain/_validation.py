@@ -3,10 +3,13 @@ is expected."""
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 
-__all__ = ["check_tensor", "check_finite", "check_same_device"]
+__all__ = ["check_tensor", "check_finite", "check_same_device", "check_int", "check_real"]
 
 
 def check_tensor(name: str, x: object, ndim: int | None = None, floating: bool = True) -> Tensor:
@@ -46,3 +49,49 @@ def check_same_device(**tensors: Tensor) -> None:
     if len(set(devices.values())) > 1:
         found = ", ".join(f"{k} on {v}" for k, v in devices.items())
         raise ValueError(f"expected all tensors on one device, found {found}")
+
+
+def check_int(
+    name: str, value: object, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """Return ``value`` as an ``int`` if it is an integer (not a bool) within the bounds.
+
+    Accepts Python and NumPy integers; raises ``TypeError`` for other types and ``ValueError``
+    for a value outside ``[minimum, maximum]``, naming what was found.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, found {value!r} ({type(value).__name__})")
+    result = int(value)
+    if minimum is not None and result < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, found {result}")
+    if maximum is not None and result > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, found {result}")
+    return result
+
+
+def check_real(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict_minimum: bool = False,
+) -> float:
+    """Return ``value`` as a finite ``float`` if it is a real number (not a bool) within bounds.
+
+    ``strict_minimum=True`` requires ``value > minimum`` instead of ``>=``. Raises ``TypeError``
+    for a non-number and ``ValueError`` for NaN, Inf or a value out of range.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, found {value!r} ({type(value).__name__})")
+    result = float(value)
+    if not math.isfinite(result):
+        raise ValueError(f"{name} must be finite, found {result}")
+    if minimum is not None:
+        if strict_minimum and not result > minimum:
+            raise ValueError(f"{name} must be > {minimum}, found {result}")
+        if not strict_minimum and result < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, found {result}")
+    if maximum is not None and result > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, found {result}")
+    return result
