@@ -377,7 +377,7 @@ def test_any_failure_in_a_slimtrain_step_restores_buffers_w_and_solver(monkeypat
     if where == "solver":
         monkeypatch.setattr(trainer.solver, "step_statistics", boom)
     else:  # after slimTik has updated W and its state
-        monkeypatch.setattr("slimtrain.training.trainers.squared_loss", boom)
+        monkeypatch.setattr("slimtrain.training.losses.squared_loss", boom)
     with pytest.raises(FloatingPointError, match="boom"):
         trainer.step(x * 0.5, y)
     _assert_state_equal(before, trainer.state_dict())

@@ -18,6 +18,8 @@ a network never touches (or advances) torch's global random state.
   with features :math:`F(y) = x_{\text{depth}}` and a linear head.
 - :func:`autoencoder_network`: the convolutional MNIST autoencoder whose last layer is
   ``ConvTranspose2d(16, 1, 4, stride=2, padding=1)``.
+- :func:`mlp_classifier_network` and :func:`cnn_classifier_network`: classifiers (logits, one
+  per class) for ``loss="cross_entropy"``, on digits and MNIST.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ __all__ = [
     "ResidualBlock",
     "autoencoder_network",
     "cdr_network",
+    "cnn_classifier_network",
     "init_parameters",
+    "mlp_classifier_network",
     "peaks_network",
     "residual_features",
 ]
@@ -267,6 +271,85 @@ def autoencoder_network(
             nn.BatchNorm2d(c1),
         )
         head = nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1)
+    _materialise(features, gen)
+    _materialise(head, gen)
+    return features, head
+
+
+def mlp_classifier_network(
+    in_features: int = 64, n_classes: int = 10, width: int = 64, depth: int = 2, seed: Seed = 0
+) -> tuple[nn.Sequential, nn.Linear]:
+    """A tanh multilayer perceptron and a linear head with one output (logit) per class.
+
+    ``depth`` layers ``Linear, Tanh`` (``in_features -> width -> ... -> width``) and the head
+    ``Linear(width, n_classes)``. The defaults are the digits classifier of issue 13 (64 pixels
+    of scikit-learn's 8x8 digits, ``64 -> 64 -> 64`` tanh, 10 classes).
+
+    Examples
+    --------
+    >>> features, head = mlp_classifier_network()
+    >>> head(features(torch.zeros(3, 64))).shape
+    torch.Size([3, 10])
+    """
+    in_features = _positive_int("in_features", in_features)
+    n_classes = _positive_int("n_classes", n_classes)
+    width = _positive_int("width", width)
+    depth = _positive_int("depth", depth)
+    gen = _generator(seed)
+    with torch.device("meta"):
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [nn.Linear(in_features if i == 0 else width, width), nn.Tanh()]
+        features = nn.Sequential(*layers)
+        head = nn.Linear(width, n_classes)
+    _materialise(features, gen)
+    _materialise(head, gen)
+    return features, head
+
+
+def cnn_classifier_network(
+    n_classes: int = 10, width: int = 16, hidden: int = 64, image_size: int = 28, seed: Seed = 0
+) -> tuple[nn.Sequential, nn.Linear]:
+    """A small CNN feature extractor for single-channel images and a linear classifier head.
+
+    With ``c = width`` and ``s = image_size`` (a multiple of 4)::
+
+        Conv2d(1, c, 3, padding=1) ReLU MaxPool2d(2)      (1, s, s)    -> (c, s/2, s/2)
+        Conv2d(c, 2c, 3, padding=1) ReLU MaxPool2d(2)     -> (2c, s/4, s/4)
+        Flatten, Linear(2c (s/4)^2, hidden) ReLU          -> (hidden,)
+        head Linear(hidden, n_classes)                    -> logits
+
+    The head has ``hidden + 1`` unknowns per class, so slimTik's solve is ``O(hidden^3)``.
+
+    Examples
+    --------
+    >>> features, head = cnn_classifier_network()
+    >>> head(features(torch.zeros(2, 1, 28, 28))).shape
+    torch.Size([2, 10])
+    """
+    n_classes = _positive_int("n_classes", n_classes)
+    width = _positive_int("width", width)
+    hidden = _positive_int("hidden", hidden)
+    image_size = _positive_int("image_size", image_size, minimum=4)
+    if image_size % 4:
+        raise ValueError(
+            f"image_size must be a multiple of 4 (two 2x2 poolings), found {image_size}"
+        )
+    gen = _generator(seed)
+    q = image_size // 4
+    with torch.device("meta"):
+        features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * width * q * q, hidden),
+            nn.ReLU(),
+        )
+        head = nn.Linear(hidden, n_classes)
     _materialise(features, gen)
     _materialise(head, gen)
     return features, head

@@ -24,7 +24,7 @@ from slimtrain.training.checkpoint import (
 from slimtrain.training.distributed import all_reduce_sums, is_main_process
 from slimtrain.training.trainers import SlimTrain, Trainer
 
-__all__ = ["History", "fit", "evaluate"]
+__all__ = ["History", "fit", "evaluate", "evaluate_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,9 @@ class History:
 
     Each record holds ``epoch``, ``train_loss``, ``train_rel_error``, ``val_loss``,
     ``val_rel_error`` (NaN without a validation loader), ``sum_lambda``, ``lam`` (the last
-    step's), ``epoch_time`` (seconds of training in that epoch) and ``steps``.
+    step's), ``epoch_time`` (seconds of training in that epoch) and ``steps``. With a
+    classification loss (``loss="cross_entropy"`` or ``"binary_cross_entropy"``) the relative
+    errors are NaN and the records end with ``train_accuracy`` and ``val_accuracy``.
     """
 
     records: list[dict[str, float]] = field(default_factory=list)
@@ -127,19 +129,31 @@ class FitState:
 
 
 def evaluate(trainer: Trainer, batches: Batches) -> tuple[float, float]:
-    """Mean loss and mean relative error over ``batches`` with the current parameters."""
+    """Mean loss and mean relative error over ``batches`` with the current parameters.
+
+    The relative error is NaN for a classification loss; see :func:`evaluate_metrics`.
+    """
+    means = evaluate_metrics(trainer, batches)
+    return means["loss"], means.get("rel_error", math.nan)
+
+
+def evaluate_metrics(trainer: Trainer, batches: Batches) -> dict[str, float]:
+    """Means over the samples of ``batches`` of the loss and the trainer's metrics.
+
+    Keys: ``loss`` and ``rel_error`` (squared loss) or ``accuracy`` (classification losses).
+    Under ``torch.distributed`` the sums are reduced over the ranks.
+    """
     trainer.eval()
-    total_loss = total_rel = count = 0.0
+    keys = ("loss", *trainer.loss.metric_names, "n")
+    totals = [0.0] * len(keys)
     for x, y in batches:
-        loss_sum, rel_sum, n = trainer.evaluate_batch(x, y)
-        total_loss += loss_sum
-        total_rel += rel_sum
-        count += n
-    total_loss, total_rel, count = all_reduce_sums([total_loss, total_rel, count],
-                                                   trainer.device)
+        sums = trainer.evaluate_metrics(x, y)
+        totals = [total + sums[key] for total, key in zip(totals, keys, strict=True)]
+    totals = all_reduce_sums(totals, trainer.device)
+    count = totals[-1]
     if count == 0:
         raise ValueError("found an empty data loader; expected at least one batch to evaluate")
-    return total_loss / count, total_rel / count
+    return {key: total / count for key, total in zip(keys[:-1], totals[:-1], strict=True)}
 
 
 def _loader_generators(loader: Batches) -> list[torch.Generator]:
@@ -234,6 +248,7 @@ def fit(
         _call(callbacks, "on_epoch_start", state)
         trainer.train()
         steps: list[tuple[float, int]] = []
+        correct = 0.0  # sum over samples of the step accuracies (classification losses)
         last: dict[str, float] = {}
         elapsed = 0.0
         for x, y in train_loader:
@@ -241,11 +256,13 @@ def fit(
             last = trainer.step(x, y)
             elapsed += time.perf_counter() - start
             steps.append((last["loss"], int(x.shape[0])))
+            correct += last.get("accuracy", math.nan) * int(x.shape[0])
             _call(callbacks, "on_batch_end", state, last)
         if not steps:
             raise ValueError("found an empty training loader; expected at least one batch")
         record = _epoch_record(
-            trainer, train_loader if eval_train else None, val_loader, state.epoch, steps, elapsed
+            trainer, train_loader if eval_train else None, val_loader, state.epoch, steps, elapsed,
+            correct,
         )
         if "lam" in last:
             record["lam"] = last["lam"]
@@ -303,27 +320,33 @@ def _epoch_record(
     epoch: int,
     steps: list[tuple[float, int]],
     elapsed: float,
+    correct: float = math.nan,
 ) -> dict[str, float]:
     nan = math.nan
     if train_loader is not None:
-        train_loss, train_rel = evaluate(trainer, train_loader)
-    else:
-        loss_sum, total = all_reduce_sums(
-            [sum(loss * n for loss, n in steps), float(sum(n for _, n in steps))], trainer.device
+        train = evaluate_metrics(trainer, train_loader)
+    else:  # the running means of the steps
+        loss_sum, correct, total = all_reduce_sums(
+            [sum(loss * n for loss, n in steps), correct, float(sum(n for _, n in steps))],
+            trainer.device,
         )
-        train_loss, train_rel = loss_sum / total, nan
-    val_loss, val_rel = evaluate(trainer, val_loader) if val_loader is not None else (nan, nan)
-    return {
+        train = {"loss": loss_sum / total, "accuracy": correct / total if total else nan}
+    val = evaluate_metrics(trainer, val_loader) if val_loader is not None else {}
+    record = {
         "epoch": float(epoch),
-        "train_loss": train_loss,
-        "train_rel_error": train_rel,
-        "val_loss": val_loss,
-        "val_rel_error": val_rel,
+        "train_loss": train["loss"],
+        "train_rel_error": train.get("rel_error", nan),
+        "val_loss": val.get("loss", nan),
+        "val_rel_error": val.get("rel_error", nan),
         "sum_lambda": trainer.sum_lambda if isinstance(trainer, SlimTrain) else nan,
         "lam": nan,
         "epoch_time": elapsed,
         "steps": float(len(steps)),
     }
+    if trainer.loss.is_classification:
+        record["train_accuracy"] = train.get("accuracy", nan)
+        record["val_accuracy"] = val.get("accuracy", nan)
+    return record
 
 
 def _track_best(state: FitState, record: dict[str, float]) -> None:

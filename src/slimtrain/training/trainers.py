@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
 from typing import Any
@@ -21,24 +22,19 @@ from slimtrain.heads import head_adapter
 from slimtrain.linalg.slimtik import SlimTikStatus
 from slimtrain.linalg.solver import SlimTik, StatsReducer
 from slimtrain.training import distributed
+from slimtrain.training.losses import (
+    Loss,
+    LossName,
+    class_dim_of,
+    get_loss,
+    relative_errors,
+    squared_loss,
+)
 from slimtrain.training.model import SeparableModel
 
 __all__ = ["Trainer", "SlimTrain", "GradientTrainer", "squared_loss", "relative_errors"]
 
 logger = logging.getLogger(__name__)
-
-
-def squared_loss(prediction: Tensor, target: Tensor) -> Tensor:
-    r"""Per-sample mean of :math:`\tfrac12 \|f(x_i) - c_i\|^2` (sum over all but the batch dim)."""
-    diff = (prediction - target).reshape(prediction.shape[0], -1)
-    return 0.5 * (diff * diff).sum() / prediction.shape[0]
-
-
-def relative_errors(prediction: Tensor, target: Tensor) -> Tensor:
-    r"""Per-sample :math:`\|f(x_i) - c_i\| / \|c_i\|`, shape ``(n_samples,)``."""
-    diff = (prediction - target).reshape(prediction.shape[0], -1)
-    norm = target.reshape(target.shape[0], -1).norm(dim=1)
-    return diff.norm(dim=1) / norm.clamp_min(torch.finfo(norm.dtype).tiny)
 
 
 def _optimizer_params(optimizer: torch.optim.Optimizer) -> set[int]:
@@ -70,7 +66,9 @@ class Trainer(ABC):
     model: nn.Module
     optimizer: torch.optim.Optimizer
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, loss: LossName = "squared"
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, found {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -79,6 +77,7 @@ class Trainer(ABC):
             )
         self.model = model
         self.optimizer = optimizer
+        self.loss: Loss = get_loss(loss, class_dim_of(model))
         self.best_state_dict: dict[str, Any] | None = None  # set by fit()
 
     # ------------------------------------------------------------------ batches
@@ -95,7 +94,7 @@ class Trainer(ABC):
     def _prepare(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Validate a batch and move it to the model's device (floating parts to its dtype)."""
         x = check_tensor("x", x, floating=False)
-        y = check_tensor("y", y)
+        y = check_tensor("y", y, floating=not self.loss.is_classification)
         if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
             raise ValueError(
                 f"x and y must share their first (batch) dimension, found x {tuple(x.shape)} "
@@ -105,24 +104,37 @@ class Trainer(ABC):
             raise ValueError("found an empty batch; expected at least one sample")
         if x.is_floating_point():
             check_finite("x", x)
-        check_finite("y", y)
         x = x.to(self.device, dtype=self.dtype if x.is_floating_point() else None)
-        return x, y.to(self.device, dtype=self.dtype)
+        return x, self.loss.prepare_targets(y, self.device, self.dtype)
 
     @torch.no_grad()
     def evaluate_batch(self, x: Tensor, y: Tensor) -> tuple[float, float, int]:
         """Sum over the batch of the loss and of the relative error, and the batch size.
 
         Uses the current parameters and does not update anything (call :meth:`eval` first).
+        For a classification loss the relative error is NaN; see :meth:`evaluate_metrics`.
+        """
+        sums = self.evaluate_metrics(x, y)
+        return sums["loss"], sums.get("rel_error", math.nan), int(sums["n"])
+
+    @torch.no_grad()
+    def evaluate_metrics(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """Sums over the batch of the loss and its metrics, and the batch size ``n``.
+
+        The metrics are ``rel_error`` for the squared loss and ``accuracy`` (per sample, the
+        fraction of correctly classified positions) for the cross-entropy losses
+        (:mod:`slimtrain.training.losses`). Updates nothing (call :meth:`eval` first).
         """
         x, y = self._prepare(x, y)
         prediction = _forward(self.model, x, "model")
-        n = int(x.shape[0])
-        return (
-            float(squared_loss(prediction, y)) * n,
-            float(relative_errors(prediction, y).sum()),
-            n,
-        )
+        self.loss.check(prediction, y)
+        return {**self.loss.metric_sums(prediction, y), "n": float(x.shape[0])}
+
+    def _step_metrics(self, output: Tensor, y: Tensor) -> dict[str, float]:
+        """``accuracy`` of a training step's logits for a classification loss; else nothing."""
+        if not self.loss.is_classification:
+            return {}
+        return {"accuracy": float(self.loss.correct(output.detach(), y).mean())}
 
     # ------------------------------------------------------------------ modes
     def train(self) -> None:
@@ -186,6 +198,17 @@ class SlimTrain(Trainer):
     model : SeparableModel
     optimizer : torch.optim.Optimizer
         Built on ``model.feature_parameters()``; it must not hold head parameters.
+    loss : {"squared", "cross_entropy", "binary_cross_entropy"}, default "squared"
+        The training loss (:mod:`slimtrain.training.losses`). For the cross-entropy losses the
+        head update is one slimTik step on the *working targets*
+        :math:`\tilde C = Z W^\top - \tfrac1b \nabla_f \ell` (``b = 1/2`` for softmax
+        cross-entropy, ``1/4`` for the logistic loss), the least-squares majorizer of the batch
+        loss at the current ``W`` (Böhning 1992): the same Grams, memory, sGCV and status, one
+        extra head forward and a softmax. In the loss's units the regularization is
+        ``b * Lambda``. Targets: class indices ``(N,)`` (``(N, H, W)`` for a ``Conv2d`` head,
+        one class per pixel), an integer tensor, for ``"cross_entropy"``; values in [0, 1] of
+        the head's output shape for ``"binary_cross_entropy"``. The step dict then adds
+        ``accuracy``.
     accumulate_dtype : torch.dtype, default float64
         dtype in which the head statistics (Gram, cross products) are summed. float32 is faster
         on CPU for large heads; the solve is float64 either way.
@@ -211,6 +234,7 @@ class SlimTrain(Trainer):
         self,
         model: SeparableModel,
         optimizer: torch.optim.Optimizer,
+        loss: LossName = "squared",
         accumulate_dtype: torch.dtype = torch.float64,
         reducer: StatsReducer | None = None,
         debug_distributed: bool = False,
@@ -221,7 +245,7 @@ class SlimTrain(Trainer):
                 f"SlimTrain needs a slimtrain.SeparableModel(features, head), found "
                 f"{type(model).__name__}"
             )
-        super().__init__(model, optimizer)
+        super().__init__(model, optimizer, loss)
         head_ids = {id(p) for p in model.head.parameters()}
         if head_ids & _optimizer_params(optimizer):
             raise ValueError(
@@ -244,7 +268,8 @@ class SlimTrain(Trainer):
         self._ddp_checked = False
 
     def step(self, x: Tensor, y: Tensor) -> dict[str, float]:
-        """One slimTrain step; returns loss, lam, sum_lambda, gcv, rel_residual, status_ok, time.
+        """One slimTrain step; returns loss, lam, sum_lambda, gcv, rel_residual, status_ok, time
+        (and ``accuracy`` for a classification loss).
 
         ``status_ok`` is 1.0 when the slimTik step needed no action and 0.0 otherwise (the
         degenerate case, ``Lambda`` at a bound, sGCV undefined). The first time a trainer sees
@@ -288,7 +313,12 @@ class SlimTrain(Trainer):
             features = _forward(model.features, x, "features")
             detached = features.detach()
             check_finite("features", detached)
-            stats = self.adapter.statistics(head, detached, y, dtype=self.accumulate_dtype)
+            targets = y  # the least-squares targets of the head update (losses.py)
+            if self.loss.is_classification:
+                logits = head(detached)  # the old W: one head forward, no autograd graph
+                self.loss.check(logits, y)
+                targets = self.loss.working_targets(logits, y)
+            stats = self.adapter.statistics(head, detached, targets, dtype=self.accumulate_dtype)
             solver.check_statistics(W, stats)
             if shared:
                 agreed = True
@@ -298,7 +328,8 @@ class SlimTrain(Trainer):
             if self.debug_distributed:
                 distributed.check_same_across_ranks(W_new, "the head weights W")
             self.optimizer.zero_grad(set_to_none=True)
-            loss = squared_loss(head(features), y)
+            output = head(features)
+            loss = self.loss.value(output, y)
             loss.backward()
         except BaseException as error:
             _restore_buffers(model, buffers)
@@ -309,7 +340,9 @@ class SlimTrain(Trainer):
             raise
         self.optimizer.step()
         self._report_status(info.status, solver.n_steps)
+        metrics = self._step_metrics(output, y)
         return {
+            **metrics,
             "loss": float(loss.detach()),
             "lam": info.lam,
             "sum_lambda": info.sum_lambda,
@@ -405,10 +438,16 @@ class GradientTrainer(Trainer):
     optimizer : torch.optim.Optimizer
         Must hold every parameter that is trained: those with ``requires_grad=True`` and the
         head's of a :class:`SeparableModel`. ``model.parameters()`` always fits.
+    loss : {"squared", "cross_entropy", "binary_cross_entropy"}, default "squared"
+        As for :class:`SlimTrain` (:mod:`slimtrain.training.losses`); classes along dim 1 of
+        the output (as ``nn.CrossEntropyLoss``), or the last dim for a
+        :class:`SeparableModel` with an ``nn.Linear`` head.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        super().__init__(model, optimizer)
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, loss: LossName = "squared"
+    ) -> None:
+        super().__init__(model, optimizer, loss)
         head = list(model.head.parameters()) if isinstance(model, SeparableModel) else []
         head_ids = {id(p) for p in head}
         held = _optimizer_params(optimizer)
@@ -427,7 +466,8 @@ class GradientTrainer(Trainer):
             parameter.requires_grad_(True)
 
     def step(self, x: Tensor, y: Tensor) -> dict[str, float]:
-        """One optimizer step on the batch loss; returns loss and time.
+        """One optimizer step on the batch loss; returns loss and time (and ``accuracy`` for a
+        classification loss).
 
         Raises
         ------
@@ -441,13 +481,19 @@ class GradientTrainer(Trainer):
         buffers = [b.clone() for b in self.model.buffers()]
         try:
             self.optimizer.zero_grad(set_to_none=True)
-            loss = squared_loss(_forward(self.model, x, "model"), y)
+            output = _forward(self.model, x, "model")
+            self.loss.check(output, y)
+            loss = self.loss.value(output, y)
             loss.backward()
         except BaseException:
             _restore_buffers(self.model, buffers)
             raise
         self.optimizer.step()
-        return {"loss": float(loss.detach()), "time": time.perf_counter() - start}
+        return {
+            **self._step_metrics(output, y),
+            "loss": float(loss.detach()),
+            "time": time.perf_counter() - start,
+        }
 
     def __repr__(self) -> str:
         return (
