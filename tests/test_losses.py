@@ -16,11 +16,19 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from slimtrain import GradientTrainer, SeparableModel, SlimTik, SlimTrain, fit
+from slimtrain._threads import num_threads
 from slimtrain.heads import head_adapter
 from slimtrain.training.losses import CURVATURE, get_loss, working_targets
 
 f64 = torch.float64
 
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small kernels on one thread: on shared cores torch's pool slows them down 10-100x."""
+    with num_threads(1):
+        yield
 
 def _loss(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Independent reference: torch.nn.functional, mean over samples of the sum over outputs."""
