@@ -88,12 +88,14 @@ class ProgressBar(Callback):
             self._bar = None
         if not self.disable:
             val = record["val_loss"]
+            accuracy = record.get("val_accuracy", math.nan)  # classification losses only
             logger.info(
-                "%s epoch %d: train_loss %.4g%s",
+                "%s epoch %d: train_loss %.4g%s%s",
                 self.desc,
                 int(record["epoch"]),
                 record["train_loss"],
                 "" if math.isnan(val) else f", val_loss {val:.4g}",
+                "" if math.isnan(accuracy) else f", val_accuracy {accuracy:.4f}",
             )
 
 

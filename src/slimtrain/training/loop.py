@@ -181,8 +181,9 @@ def fit(
     Parameters
     ----------
     trainer : SlimTrain or GradientTrainer
-        Anything with ``step(x, y)``, ``evaluate_batch``, ``train``/``eval`` and
-        ``state_dict``/``load_state_dict``.
+        Anything with ``step(x, y)``, ``evaluate_metrics``, ``loss``, ``train``/``eval`` and
+        ``state_dict``/``load_state_dict``. With a classification loss the records add
+        ``train_accuracy`` and ``val_accuracy`` (:class:`History`).
     train_loader, val_loader : iterable of (x, y)
         Usually ``torch.utils.data.DataLoader``; the training loader is re-iterated each epoch.
     epochs : int

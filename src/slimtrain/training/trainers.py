@@ -414,7 +414,7 @@ class SlimTrain(Trainer):
 
     def __repr__(self) -> str:
         return (
-            f"SlimTrain(head={type(self.model.head).__name__}, "
+            f"SlimTrain(head={type(self.model.head).__name__}, loss={self.loss.name!r}, "
             f"optimizer={type(self.optimizer).__name__}, solver={self.solver!r})"
         )
 
