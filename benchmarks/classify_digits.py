@@ -8,7 +8,7 @@ memory depth 5, Adam on theta (slimTrain) or on all weights (baseline) at lr 1e-
 weights (the same for both methods) and the shuffling. Prints a Markdown table: the mean over
 the seeds with the [min, max] range, for the validation accuracy and the validation loss.
 
-Usage: ``python benchmarks/classify_digits.py [--seeds 5] [--epochs 3]``
+Usage: ``python benchmarks/classify_digits.py [--seeds 5] [--epochs 3] [--memory-depth 5]``
 """
 
 from __future__ import annotations
@@ -26,14 +26,16 @@ from slimtrain.problems import digits_classification_data, mlp_classifier_networ
 METHODS = (("slimTrain", 1e-3), ("Adam", 1e-3), ("slimTrain", 1e-2), ("Adam", 1e-2))
 
 
-def run(method: str, lr: float, seed: int, epochs: int) -> tuple[list[float], list[float]]:
+def run(
+    method: str, lr: float, seed: int, epochs: int, memory_depth: int = 5
+) -> tuple[list[float], list[float]]:
     """Validation accuracy and loss after each epoch (epoch 0 = the initial network)."""
     data = digits_classification_data()
     model = SeparableModel(*mlp_classifier_network(seed=seed))
     trainer: SlimTrain | GradientTrainer
     if method == "slimTrain":
         trainer = SlimTrain(model, torch.optim.Adam(model.feature_parameters(), lr=lr),
-                            loss="cross_entropy", memory_depth=5)
+                            loss="cross_entropy", memory_depth=memory_depth)
     else:
         trainer = GradientTrainer(model, torch.optim.Adam(model.parameters(), lr=lr),
                                   loss="cross_entropy")
@@ -53,10 +55,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--memory-depth", type=int, default=5, help="slimTik's memory depth")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(1)  # small kernels: one thread is fastest and deterministic
-    results = {m: [run(m[0], m[1], s, args.epochs) for s in range(args.seeds)] for m in METHODS}
+    results = {
+        m: [run(m[0], m[1], s, args.epochs, args.memory_depth) for s in range(args.seeds)]
+        for m in METHODS
+    }
     epochs = range(1, args.epochs + 1)
     for what, index, digits in (("validation accuracy", 0, 3), ("validation loss", 1, 3)):
         print(f"\n{what}, mean [min, max] over {args.seeds} seeds\n")
