@@ -398,3 +398,27 @@ def test_fit_reports_accuracy_for_classification_and_keeps_the_squared_loss_colu
         "epoch", "train_loss", "train_rel_error", "val_loss", "val_rel_error", "sum_lambda",
         "lam", "epoch_time", "steps",
     ]
+
+
+def test_linear_head_on_sequence_features_classifies_every_position():
+    # nn.Linear on (N, L, p) features: logits (N, L, t), classes along the last dim, rows are
+    # the N * L positions; targets (N, L).
+    torch.manual_seed(9)
+    model = SeparableModel(nn.Sequential(nn.Linear(3, 5), nn.Tanh()), nn.Linear(5, 4)).double()
+    trainer = SlimTrain(model, torch.optim.SGD(model.feature_parameters(), lr=0.0),
+                        loss="cross_entropy", memory_depth=0)
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(6, 7, 3, generator=gen, dtype=f64)
+    y = torch.randint(0, 4, (6, 7), generator=gen)
+    Z = torch.cat([model.features(x).detach().reshape(42, 5), torch.ones(42, 1, dtype=f64)], 1)
+    W = trainer.adapter.get_weight(model.head)
+    rows = Z @ W.T
+    C = rows - 2 * (torch.softmax(rows, 1) - F.one_hot(y.reshape(-1), 4).to(f64))
+    W_ref, _ = SlimTik(memory_depth=0).step(W, Z, C, n_samples=6)
+    out = trainer.step(x, y)
+    torch.testing.assert_close(trainer.adapter.get_weight(model.head), W_ref)
+    new_rows = Z @ W_ref.T
+    assert out["loss"] == pytest.approx(
+        float(F.cross_entropy(new_rows, y.reshape(-1), reduction="sum")) / 6, rel=1e-10)
+    assert out["accuracy"] == pytest.approx(
+        float((new_rows.argmax(1) == y.reshape(-1)).double().mean()))
