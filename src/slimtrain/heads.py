@@ -1003,8 +1003,12 @@ class ConvTranspose2dAdapter(_Conv2dBase[nn.ConvTranspose2d]):
         the features (:mod:`slimtrain.linalg.correlation`; the shifts are shared by all phases,
         ``method="correlation"``) or from the gathered taps ``U U^T`` (``method="gather"``).
         Blocks of different phases do not overlap; nothing is summed across phases except the
-        ones column. ``Z^T [C | 1]``: per tap one matrix product of its window with the targets
-        of its phase (:func:`~slimtrain.linalg.correlation.window_cross_blocks`).
+        ones column. ``Z^T [C | 1]``: the transposed convolution is the adjoint of the
+        convolution ``conv2d(., w, stride, padding, dilation)``, so the cross products are the
+        native weight gradient ``torch.nn.grad.conv2d_weight`` with ``[C | 1]`` as the input
+        and the features (zero-extended to that convolution's output size) as the output
+        gradient, rearranged to ``W``'s flipped layout. It unfolds the targets, which have few
+        channels, on the input grid: one pass over the features.
         """
         _check_accumulate_dtype(dtype)
         _check_method(method)
@@ -1020,14 +1024,28 @@ class ConvTranspose2dAdapter(_Conv2dBase[nn.ConvTranspose2d]):
         ztz, ztc = _new_stats(x, n_cols + biased, t)
         shift = _transpose_shift_plan(plan, (h, w))
         if _use_correlation(method, shift.plan.largest_span * c_in * c_in, max_block_elements):
-            rhs = _targets_with_ones(c_cn, biased, dim=0)  # (t [+ 1], N, H_out, W_out)
+            rhs = _targets_with_ones(targets.to(dtype), biased, dim=1)  # (N, t [+ 1], Ho, Wo)
+            # the convolution adjoint to the head maps H_out to >= H_in; zero-extend x to it
+            conv_out = [
+                (size + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1
+                for i, size in enumerate((ho, wo))
+            ]
+            x_ext = F.pad(x, (0, conv_out[1] - w, 0, conv_out[0] - h))
             x_cn = x.transpose(0, 1)  # (c_in, N, H, W)
-            per_sample = c_in * shift.plan.size[0] * shift.plan.size[1]
+            per_sample = max(rhs.shape[1] * kk * conv_out[0] * conv_out[1],
+                             c_in * shift.plan.size[0] * shift.plan.size[1])
             for chunk in _sample_chunks(n, per_sample, max_block_elements):
                 maps = [F.pad(x_cn[:, chunk], plan.pad)]  # (c_in, n, Hp, Wp)
-                phases = [rhs[:, chunk, ry :: stride[0], rx :: stride[1]]
-                          for ry, rx in (phase.phase for phase in plan.phases)]
-                _correlation_statistics(ztz, ztc, maps, phases, shift, kk)
+                blocks = window_gram_blocks(maps, shift.plan)
+                _scatter_blocks(ztz, blocks, shift.columns, kk, c_in)
+                cross = torch.nn.grad.conv2d_weight(
+                    rhs[chunk], (c_in, rhs.shape[1], *kernel), x_ext[chunk], stride, padding,
+                    dilation,
+                )  # (c_in, t [+ 1], kh, kw) in the head's weight layout
+                rows = cross.flip(2, 3).transpose(0, 1).reshape(cross.shape[1], -1).T
+                ztc[:n_cols] += rows[:, :t]
+                if biased:
+                    ztz[:n_cols, -1] += rows[:, t]
         else:
             x_cn = F.pad(x.transpose(0, 1), plan.pad)  # (c_in, N, Hp, Wp)
             channel_offsets = torch.arange(0, n_cols, kk, device=x_cn.device)
