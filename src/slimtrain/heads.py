@@ -75,6 +75,7 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.grad import conv2d_weight
 
 from slimtrain._validation import check_finite, check_same_device, check_tensor
 from slimtrain.linalg.correlation import (
@@ -1038,7 +1039,7 @@ class ConvTranspose2dAdapter(_Conv2dBase[nn.ConvTranspose2d]):
                 maps = [F.pad(x_cn[:, chunk], plan.pad)]  # (c_in, n, Hp, Wp)
                 blocks = window_gram_blocks(maps, shift.plan)
                 _scatter_blocks(ztz, blocks, shift.columns, kk, c_in)
-                cross = torch.nn.grad.conv2d_weight(
+                cross = conv2d_weight(
                     rhs[chunk], (c_in, rhs.shape[1], *kernel), x_ext[chunk], stride, padding,
                     dilation,
                 )  # (c_in, t [+ 1], kh, kw) in the head's weight layout
