@@ -376,8 +376,9 @@ class HeadAdapter(ABC, Generic[H]):
             How convolutional heads form ``Z^T Z``: ``"correlation"`` from one correlation of
             the feature maps per tap shift (:mod:`slimtrain.linalg.correlation`), ``"gather"``
             from the gathered taps (one product per tap pair). ``"auto"`` takes the correlation
-            unless one shift's products ``(positions, c, c)`` exceed ``max_block_elements``.
-            Both are exact; ``nn.Linear`` ignores it.
+            for ``nn.ConvTranspose2d`` unless one shift's products ``(positions, c, c)`` exceed
+            ``max_block_elements``, and the gathered taps for ``nn.Conv2d`` (faster there on
+            CPU as measured). Both are exact; ``nn.Linear`` ignores it.
 
         Returns
         -------
@@ -661,7 +662,11 @@ class Conv2dAdapter(_Conv2dBase[nn.Conv2d]):
         c_cn = targets.to(dtype).transpose(0, 1)  # (t, N, H_out, W_out)
         ztz, ztc = _new_stats(x, n_cols + biased, t)
         shift = _conv_shift_plan(tuple(x.shape[2:]), g.kernel, g.stride, g.dilation, (ho, wo))
-        if _use_correlation(method, shift.plan.largest_span * c_in * c_in, max_block_elements):
+        # "auto" keeps the gathered taps for Conv2d: with stride 1 the shifts save ~5x the
+        # flops but their per-position products (c x N by N x c) run ~3x slower per flop on
+        # CPU than the one large product of the gathered taps (benchmarks/head_statistics.py
+        # --conv); the transposed convolution shares its shifts across phases and gains.
+        if method == "correlation":
             rhs = _targets_with_ones(c_cn, biased, dim=0)  # (t [+ 1], N, H_out, W_out)
             x_cn = x.transpose(0, 1)  # (c_in, N, Hp, Wp)
             per_sample = c_in * int(x.shape[2]) * int(x.shape[3])
