@@ -661,12 +661,14 @@ class Conv2dAdapter(_Conv2dBase[nn.Conv2d]):
         x = F.pad(features.to(dtype), g.pad)  # (N, c_in, Hp, Wp)
         c_cn = targets.to(dtype).transpose(0, 1)  # (t, N, H_out, W_out)
         ztz, ztc = _new_stats(x, n_cols + biased, t)
-        shift = _conv_shift_plan(tuple(x.shape[2:]), g.kernel, g.stride, g.dilation, (ho, wo))
         # "auto" keeps the gathered taps for Conv2d: with stride 1 the shifts save ~5x the
         # flops but their per-position products (c x N by N x c) run ~3x slower per flop on
         # CPU than the one large product of the gathered taps (benchmarks/head_statistics.py
         # --conv); the transposed convolution shares its shifts across phases and gains.
         if method == "correlation":
+            shift = _conv_shift_plan(
+                (int(x.shape[2]), int(x.shape[3])), g.kernel, g.stride, g.dilation, (ho, wo)
+            )
             rhs = _targets_with_ones(c_cn, biased, dim=0)  # (t [+ 1], N, H_out, W_out)
             x_cn = x.transpose(0, 1)  # (c_in, N, Hp, Wp)
             per_sample = c_in * int(x.shape[2]) * int(x.shape[3])
