@@ -98,7 +98,7 @@ def _run_case(
             for _ in range(5):
                 slim.step(x, y)
             _sync(device)
-        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=12))
     return {k: statistics.median(v) for k, v in times.items()}
 

@@ -30,7 +30,7 @@ every entry is a sum of the same products as the Gram of the explicit rows, in a
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -58,14 +58,34 @@ class _ShiftGroup:
     masks: Tensor  # (pairs, p1 - p0) float64: 1 where the pair's window covers the position
     outputs: tuple[int, ...]  # per pair: index of the requested block
     transposed: tuple[bool, ...]  # per pair: the requested block is the transpose
-    copies: dict[tuple[torch.device, torch.dtype], Tensor] = field(default_factory=dict)
+    copies: dict[tuple[str, torch.device, torch.dtype], Tensor] = field(default_factory=dict)
 
     def masks_as(self, like: Tensor) -> Tensor:
         """The masks on the device and in the dtype of ``like`` (converted once, then kept)."""
-        key = (like.device, like.dtype)
-        if key not in self.copies:
-            self.copies[key] = self.masks.to(device=like.device, dtype=like.dtype)
-        return self.copies[key]
+        return _kept(self.copies, "masks", like.device, like.dtype, lambda: self.masks)
+
+    def indices_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``outputs`` (int64) and ``transposed`` (bool, ``(pairs, 1, 1)``) on ``device``."""
+        outputs = _kept(self.copies, "outputs", device, torch.int64,
+                        lambda: torch.tensor(self.outputs))
+        flips = _kept(self.copies, "transposed", device, torch.bool,
+                      lambda: torch.tensor(self.transposed)[:, None, None])
+        return outputs, flips
+
+
+def _kept(
+    cache: dict[tuple[str, torch.device, torch.dtype], Tensor],
+    name: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    make: Callable[[], Tensor],
+) -> Tensor:
+    """``make()`` on ``device`` in ``dtype``, formed once per (name, device, dtype) and kept:
+    no host-to-device copy per step for the plan's constant index and mask tensors."""
+    key = (name, device, dtype)
+    if key not in cache:
+        cache[key] = make().to(device=device, dtype=dtype)
+    return cache[key]
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,10 +193,10 @@ def window_gram_blocks(maps: Sequence[Tensor], plan: WindowPlan) -> Tensor:
         g = second[group.g][p0 + group.offset : p1 + group.offset]
         P = torch.bmm(f, g).reshape(p1 - p0, c * c)  # (positions, c * c)
         sums = (group.masks_as(P) @ P).reshape(-1, c, c)  # (pairs, c, c)
+        outputs, flips = group.indices_on(P.device)
         if any(group.transposed):
-            flip = torch.tensor(group.transposed, device=P.device)[:, None, None]
-            sums = torch.where(flip, sums.transpose(1, 2), sums)
-        out[torch.tensor(group.outputs, device=P.device)] = sums
+            sums = torch.where(flips, sums.transpose(1, 2), sums)
+        out[outputs] = sums
     return out
 
 
