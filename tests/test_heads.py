@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev
 from torch.nn.utils.parametrizations import weight_norm
 
+import slimtrain.heads as heads_module
 from slimtrain.heads import (
     ConvTranspose2dAdapter,
     HeadAdapter,
@@ -145,13 +146,14 @@ def test_design_reproduces_native_forward(name: str, dtype: torch.dtype) -> None
     assert adapter.output_shape(head, x.shape) == tuple(out.shape)
 
 
+@pytest.mark.parametrize("method", ["auto", "correlation", "gather"])
 @pytest.mark.parametrize("name", CASES)
-def test_statistics_match_explicit_design(name: str) -> None:
+def test_statistics_match_explicit_design(name: str, method: str) -> None:
     head, x, y = _make(name)
     adapter = head_adapter(head)
     Z, C = adapter.design(head, x, y)
     ref = gram_statistics(Z, C, n_samples=x.shape[0])
-    fast = adapter.statistics(head, x, y)
+    fast = adapter.statistics(head, x, y, method=method)
     assert isinstance(fast, GramStats)
     assert (fast.n_samples, fast.n_rows) == (x.shape[0], Z.shape[0])
     for got, want in zip(fast[:3], ref[:3], strict=True):
@@ -174,13 +176,16 @@ def test_statistics_accumulate_in_requested_dtype(name: str) -> None:
             torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("name", ["conv-k3-s1-p1", "convt-autoencoder-small", "convt-nonsquare"])
-def test_statistics_in_chunks_equal_one_block(name: str) -> None:
+@pytest.mark.parametrize("method", ["correlation", "gather"])
+@pytest.mark.parametrize("name", ["conv-k3-s1-p1", "conv-k3x2-s2x1-d2x1-p1x0",
+                                  "convt-autoencoder-small", "convt-nonsquare"])
+def test_statistics_in_chunks_equal_one_block(name: str, method: str) -> None:
     head, x, y = _make(name)
     x, y = torch.cat([x, 2 * x, -x]), torch.cat([y, y, 3 * y])  # 6 samples
     adapter = head_adapter(head)
-    whole = adapter.statistics(head, x, y)
-    chunked = adapter.statistics(head, x, y, max_block_elements=1)  # one sample at a time
+    whole = adapter.statistics(head, x, y, method=method)
+    # one sample at a time
+    chunked = adapter.statistics(head, x, y, max_block_elements=1, method=method)
     for got, want in zip(chunked, whole, strict=True):
         if isinstance(want, Tensor):
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -424,6 +429,31 @@ def test_bad_input_raises_clear_errors(
         adapter.design(head, x, y)
     with pytest.raises(error, match=match):
         adapter.statistics(head, x, y)
+
+
+def test_statistics_method_must_be_known() -> None:
+    head, x, y = _make("conv-k1")
+    with pytest.raises(ValueError, match="method must be one of"):
+        head_adapter(head).statistics(head, x, y, method="fft")
+
+
+@pytest.mark.parametrize("name", ["convt-autoencoder-small", "convt-nonsquare"])
+def test_auto_method_falls_back_to_gather_when_products_exceed_the_block(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block limit below one shift's products (positions x c x c) takes the gather path."""
+    head, x, y = _make(name)
+    adapter = head_adapter(head)
+    ref = gram_statistics(*adapter.design(head, x, y), n_samples=x.shape[0])
+
+    def no_correlation(*args: object) -> Tensor:
+        raise RuntimeError("correlation path taken")
+
+    monkeypatch.setattr(heads_module, "window_gram_blocks", no_correlation)
+    got = adapter.statistics(head, x, y, max_block_elements=10)
+    torch.testing.assert_close(got.ztz, ref.ztz, rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError, match="correlation path taken"):
+        adapter.statistics(head, x, y, max_block_elements=10**6)
 
 
 def test_accumulation_dtype_must_be_floating() -> None:

@@ -75,8 +75,16 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.grad import conv2d_weight
 
 from slimtrain._validation import check_finite, check_same_device, check_tensor
+from slimtrain.linalg.correlation import (
+    Window,
+    WindowPlan,
+    plan_window_grams,
+    window_cross_blocks,
+    window_gram_blocks,
+)
 from slimtrain.linalg.stats import GramStats
 from slimtrain.linalg.structured import GramStructure
 
@@ -344,6 +352,7 @@ class HeadAdapter(ABC, Generic[H]):
         dtype: torch.dtype = torch.float64,
         *,
         max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+        method: str = "auto",
     ) -> GramStats:
         """:class:`GramStats` of the batch system, without forming ``Z`` when avoidable.
 
@@ -363,6 +372,13 @@ class HeadAdapter(ABC, Generic[H]):
         max_block_elements : int
             Largest block of gathered patches formed at once; larger batches are processed
             in chunks of samples.
+        method : {"auto", "correlation", "gather"}
+            How convolutional heads form ``Z^T Z``: ``"correlation"`` from one correlation of
+            the feature maps per tap shift (:mod:`slimtrain.linalg.correlation`), ``"gather"``
+            from the gathered taps (one product per tap pair). ``"auto"`` takes the correlation
+            for ``nn.ConvTranspose2d`` unless one shift's products ``(positions, c, c)`` exceed
+            ``max_block_elements``, and the gathered taps for ``nn.Conv2d`` (faster there on
+            CPU as measured). Both are exact; ``nn.Linear`` ignores it.
 
         Returns
         -------
@@ -461,6 +477,7 @@ class LinearAdapter(HeadAdapter[nn.Linear]):
         dtype: torch.dtype = torch.float64,
         *,
         max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+        method: str = "auto",
     ) -> GramStats:
         """Gram statistics of ``[features | 1]`` and ``targets``; see :class:`HeadAdapter`."""
         _check_accumulate_dtype(dtype)
@@ -619,29 +636,153 @@ class Conv2dAdapter(_Conv2dBase[nn.Conv2d]):
         dtype: torch.dtype = torch.float64,
         *,
         max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+        method: str = "auto",
     ) -> GramStats:
-        """Gram statistics from the patches, gathered by strided slicing in chunks of samples.
+        """Gram statistics from shift correlations (or gathered patches), in chunks of samples.
 
+        ``Z^T Z``: with stride ``s``, tap ``(ky, kx)`` reads the polyphase component
+        ``(ky d_y mod s_y, kx d_x mod s_x)`` of the padded features at offset
+        ``(ky d_y // s_y, kx d_x // s_x)`` with stride 1, so its block with every other tap is
+        a window sum of one shift correlation of two components
+        (:mod:`slimtrain.linalg.correlation`, ``method="correlation"``), or the product of the
+        gathered taps (``method="gather"``). ``Z^T [C | 1]``: per tap one matrix product of its
+        window with the targets (:func:`~slimtrain.linalg.correlation.window_cross_blocks`;
+        ``torch.nn.grad.conv2d_weight`` computes the same but is slower in float64 on CPU).
         See :class:`HeadAdapter`.
         """
         _check_accumulate_dtype(dtype)
+        _check_method(method)
         h, features, targets, (n, t, ho, wo) = self._prepare(head, features, targets)
         g = self._geometry(h)
         (kh, kw), (dh, dw) = g.kernel, g.dilation
-        x_cn = F.pad(features.to(dtype).transpose(0, 1), g.pad)  # (c_in, N, Hp, Wp)
-        c_cn = targets.to(dtype).transpose(0, 1)  # (t, N, H_out, W_out)
-        starts = [(ky * dh, kx * dw) for ky in range(kh) for kx in range(kw)]
         n_cols = self._num_weight_columns(h)
+        c_in = int(features.shape[1])
         biased = self._bias(h) is not None
-        ztz, ztc = _new_stats(x_cn, n_cols + biased, t)
-        gram, cross = _chunked_products(
-            x_cn, c_cn, starts, g.stride, (ho, wo), max_block_elements
-        )
-        ztz[:n_cols, :n_cols] = gram
-        ztc[:n_cols] = cross[:, :t]
-        if biased:
-            ztz[:n_cols, -1] = cross[:, t]
+        x = F.pad(features.to(dtype), g.pad)  # (N, c_in, Hp, Wp)
+        c_cn = targets.to(dtype).transpose(0, 1)  # (t, N, H_out, W_out)
+        ztz, ztc = _new_stats(x, n_cols + biased, t)
+        # "auto" keeps the gathered taps for Conv2d: with stride 1 the shifts save ~5x the
+        # flops but their per-position products (c x N by N x c) run ~3x slower per flop on
+        # CPU than the one large product of the gathered taps (benchmarks/head_statistics.py
+        # --conv); the transposed convolution shares its shifts across phases and gains.
+        if method == "correlation":
+            shift = _conv_shift_plan(
+                (int(x.shape[2]), int(x.shape[3])), g.kernel, g.stride, g.dilation, (ho, wo)
+            )
+            rhs = _targets_with_ones(c_cn, biased, dim=0)  # (t [+ 1], N, H_out, W_out)
+            x_cn = x.transpose(0, 1)  # (c_in, N, Hp, Wp)
+            per_sample = c_in * int(x.shape[2]) * int(x.shape[3])
+            for chunk in _sample_chunks(n, per_sample, max_block_elements):
+                maps = [x_cn[:, chunk, ry :: g.stride[0], rx :: g.stride[1]]
+                        for ry, rx in shift.components]
+                _correlation_statistics(ztz, ztc, maps, [rhs[:, chunk]], shift, kh * kw)
+        else:
+            starts = [(ky * dh, kx * dw) for ky in range(kh) for kx in range(kw)]
+            gram, cross_rows = _chunked_products(
+                x.transpose(0, 1), c_cn, starts, g.stride, (ho, wo), max_block_elements
+            )
+            ztz[:n_cols, :n_cols] = gram
+            ztc[:n_cols] = cross_rows[:, :t]
+            if biased:
+                ztz[:n_cols, -1] = cross_rows[:, t]
         return _finish_conv_stats(ztz, ztc, c_cn, biased, n, n * ho * wo)
+
+
+_METHODS = ("auto", "correlation", "gather")
+
+
+def _check_method(method: object) -> None:
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, found {method!r}")
+
+
+def _use_correlation(method: str, product_elements: int, max_elements: int) -> bool:
+    """Whether to form ``Z^T Z`` from shift correlations (see the ``method`` option)."""
+    if method == "auto":
+        return product_elements <= max_elements
+    return method == "correlation"
+
+
+def _targets_with_ones(targets: Tensor, biased: bool, dim: int) -> Tensor:
+    """Append a channel of ones along ``dim`` (the channels) when ``biased``."""
+    if not biased:
+        return targets
+    shape = list(targets.shape)
+    shape[dim] = 1
+    return torch.cat([targets, targets.new_ones(shape)], dim)
+
+
+@dataclass(frozen=True)
+class _ShiftPlan:
+    """Taps of a convolution as windows of feature maps (the correlation path's plan)."""
+
+    components: tuple[tuple[int, int], ...]  # per map: polyphase component (ry, rx) (Conv2d)
+    windows: tuple[Window, ...]  # per tap
+    taps: tuple[int, ...]  # per tap: its column (ky' * kw + kx') in W's layout
+    target_of: tuple[int, ...]  # per tap: index of its target map (the phase)
+    plan: WindowPlan  # the requested tap-pair blocks
+    columns: tuple[tuple[int, int], ...]  # per block: the columns of its two taps
+
+
+def _correlation_statistics(
+    ztz: Tensor,
+    ztc: Tensor,
+    maps: Sequence[Tensor],
+    targets: Sequence[Tensor],
+    shift: _ShiftPlan,
+    kk: int,
+) -> None:
+    """Add the shift-correlation statistics of a chunk of samples to ``Z^T Z`` and ``Z^T C``.
+
+    ``maps`` ``(c, N, H, W)`` and ``targets`` ``(t [+ 1], N, J_y, J_x)`` (the last channel ones
+    when the head has a bias): the weight block and ones column of ``ztz``, the weight rows of
+    ``ztc``.
+    """
+    c = int(maps[0].shape[0])
+    t = int(ztc.shape[1])
+    _scatter_blocks(ztz, window_gram_blocks(maps, shift.plan), shift.columns, kk, c)
+    cross = window_cross_blocks(maps, targets, shift.windows, shift.target_of)  # (taps, c, j)
+    rows = (torch.tensor(shift.taps, device=ztz.device)[:, None]
+            + kk * torch.arange(c, device=ztz.device)[None, :])  # (taps, c)
+    ztc.index_put_((rows,), cross[..., :t], accumulate=True)
+    if cross.shape[2] > t:
+        last = torch.full_like(rows, ztz.shape[1] - 1)
+        ztz.index_put_((rows, last), cross[..., t], accumulate=True)
+
+
+@functools.lru_cache(maxsize=128)
+def _conv_shift_plan(
+    padded: tuple[int, int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    out_size: tuple[int, int],
+) -> _ShiftPlan:
+    """Conv2d taps as stride-1 windows of the polyphase components of the padded input."""
+    size = (-(-padded[0] // stride[0]), -(-padded[1] // stride[1]))  # component (0, 0)
+    components: list[tuple[int, int]] = []
+    windows: list[Window] = []
+    for ky, kx in itertools.product(range(kernel[0]), range(kernel[1])):
+        by, ry = divmod(ky * dilation[0], stride[0])
+        bx, rx = divmod(kx * dilation[1], stride[1])
+        if (ry, rx) not in components:
+            components.append((ry, rx))
+        windows.append((components.index((ry, rx)), by, bx, *out_size))
+    taps = tuple(range(len(windows)))
+    pairs = tuple(itertools.product(taps, taps))
+    blocks = plan_window_grams(tuple(windows), pairs, size)
+    return _ShiftPlan(tuple(components), tuple(windows), taps, (0,) * len(taps), blocks, pairs)
+
+
+def _scatter_blocks(
+    ztz: Tensor, blocks: Tensor, columns: Sequence[tuple[int, int]], kk: int, c: int
+) -> None:
+    """Add block ``k`` ``(c, c)`` of tap columns ``(a, b)`` to ``ztz[c * kk + a, d * kk + b]``."""
+    cols = torch.tensor(columns, device=ztz.device)  # (blocks, 2)
+    channel = torch.arange(c, device=ztz.device) * kk
+    rows = cols[:, 0, None, None] + channel[None, :, None]
+    index = torch.broadcast_tensors(rows, cols[:, 1, None, None] + channel[None, None, :])
+    ztz.index_put_(index, blocks, accumulate=True)
 
 
 def _new_stats(like: Tensor, p: int, t: int) -> tuple[Tensor, Tensor]:
@@ -861,41 +1002,98 @@ class ConvTranspose2dAdapter(_Conv2dBase[nn.ConvTranspose2d]):
         dtype: torch.dtype = torch.float64,
         *,
         max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
+        method: str = "auto",
     ) -> GramStats:
         """Gram statistics by the phase decomposition (module docstring).
 
-        For each output phase ``(ry, rx)`` the taps that reach it are gathered from the
-        un-dilated, padded features by strided slicing into ``U`` ``(c_in * taps, rows of the
-        phase)``; ``U U^T`` and ``U C_phase`` are written into the phase's block of ``Z^T Z``
-        and rows of ``Z^T C``. Blocks of different phases do not overlap, so nothing is summed
-        across phases except the ones column.
+        ``Z^T Z``: the taps of output phase ``(ry, rx)`` read stride-1 windows of the
+        un-dilated, padded features, so the phase's block is formed from shift correlations of
+        the features (:mod:`slimtrain.linalg.correlation`; the shifts are shared by all phases,
+        ``method="correlation"``) or from the gathered taps ``U U^T`` (``method="gather"``).
+        Blocks of different phases do not overlap; nothing is summed across phases except the
+        ones column. ``Z^T [C | 1]``: the transposed convolution is the adjoint of the
+        convolution ``conv2d(., w, stride, padding, dilation)``, so the cross products are the
+        native weight gradient ``torch.nn.grad.conv2d_weight`` with ``[C | 1]`` as the input
+        and the features (zero-extended to that convolution's output size) as the output
+        gradient, rearranged to ``W``'s flipped layout. It unfolds the targets, which have few
+        channels, on the input grid: one pass over the features.
         """
         _check_accumulate_dtype(dtype)
+        _check_method(method)
         hd, features, targets, (n, t, ho, wo) = self._prepare(head, features, targets)
         kernel, stride, padding, dilation, _ = self._params(hd)
         c_in, h, w = int(features.shape[1]), int(features.shape[2]), int(features.shape[3])
         plan = _transpose_plan((h, w), (ho, wo), kernel, stride, padding, dilation)
-        x_cn = F.pad(features.to(dtype).transpose(0, 1), plan.pad)  # (c_in, N, Hp, Wp)
+        x = features.to(dtype)
         c_cn = targets.to(dtype).transpose(0, 1)  # (t, N, H_out, W_out)
         kk = kernel[0] * kernel[1]
         n_cols = c_in * kk
         biased = self._bias(hd) is not None
-        ztz, ztc = _new_stats(x_cn, n_cols + biased, t)
-        channel_offsets = torch.arange(0, n_cols, kk, device=x_cn.device)
-        for phase in plan.phases:
-            (ry, rx), (jy, jx) = phase.phase, phase.size
-            taps = torch.tensor(phase.columns, device=x_cn.device)
-            idx = (channel_offsets[:, None] + taps[None, :]).reshape(-1)  # (c_in * taps,)
-            c_phase = c_cn[:, :, ry :: stride[0], rx :: stride[1]]  # (t, N, Jy, Jx)
-            gram, cross = _chunked_products(
-                x_cn, c_phase, phase.starts, (1, 1), (jy, jx), max_block_elements
-            )
-            ztz[idx[:, None], idx[None, :]] = gram
-            ztc[idx] = cross[:, :t]
-            if biased:
-                ztz[idx, -1] = cross[:, t]
+        ztz, ztc = _new_stats(x, n_cols + biased, t)
+        shift = _transpose_shift_plan(plan, (h, w))
+        if _use_correlation(method, shift.plan.largest_span * c_in * c_in, max_block_elements):
+            rhs = _targets_with_ones(targets.to(dtype), biased, dim=1)  # (N, t [+ 1], Ho, Wo)
+            # the convolution adjoint to the head maps H_out to >= H_in; zero-extend x to it
+            conv_out = [
+                (size + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1
+                for i, size in enumerate((ho, wo))
+            ]
+            x_ext = F.pad(x, (0, conv_out[1] - w, 0, conv_out[0] - h))
+            x_cn = x.transpose(0, 1)  # (c_in, N, H, W)
+            per_sample = max(rhs.shape[1] * kk * conv_out[0] * conv_out[1],
+                             c_in * shift.plan.size[0] * shift.plan.size[1])
+            for chunk in _sample_chunks(n, per_sample, max_block_elements):
+                maps = [F.pad(x_cn[:, chunk], plan.pad)]  # (c_in, n, Hp, Wp)
+                blocks = window_gram_blocks(maps, shift.plan)
+                _scatter_blocks(ztz, blocks, shift.columns, kk, c_in)
+                cross = conv2d_weight(
+                    rhs[chunk], (c_in, rhs.shape[1], *kernel), x_ext[chunk], stride, padding,
+                    dilation,
+                )  # (c_in, t [+ 1], kh, kw) in the head's weight layout
+                rows = cross.flip(2, 3).transpose(0, 1).reshape(cross.shape[1], -1).T
+                ztc[:n_cols] += rows[:, :t]
+                if biased:
+                    ztz[:n_cols, -1] += rows[:, t]
+        else:
+            x_cn = F.pad(x.transpose(0, 1), plan.pad)  # (c_in, N, Hp, Wp)
+            channel_offsets = torch.arange(0, n_cols, kk, device=x_cn.device)
+            for phase in plan.phases:
+                (ry, rx), (jy, jx) = phase.phase, phase.size
+                taps = torch.tensor(phase.columns, device=x_cn.device)
+                idx = (channel_offsets[:, None] + taps[None, :]).reshape(-1)  # (c_in * taps,)
+                c_phase = c_cn[:, :, ry :: stride[0], rx :: stride[1]]  # (t, N, Jy, Jx)
+                gram, cross = _chunked_products(
+                    x_cn, c_phase, phase.starts, (1, 1), (jy, jx), max_block_elements
+                )
+                ztz[idx[:, None], idx[None, :]] = gram
+                ztc[idx] = cross[:, :t]
+                if biased:
+                    ztz[idx, -1] = cross[:, t]
         stats = _finish_conv_stats(ztz, ztc, c_cn, biased, n, n * ho * wo)
         return stats._replace(structure=_transpose_structure(plan, c_in, kk, biased))
+
+
+@functools.lru_cache(maxsize=128)
+def _transpose_shift_plan(plan: _TransposePlan, in_size: tuple[int, int]) -> _ShiftPlan:
+    """The taps of every phase as windows of the padded input; blocks within phases only."""
+    left, right, top, bottom = plan.pad
+    size = (in_size[0] + top + bottom, in_size[1] + left + right)
+    windows: list[Window] = []
+    target_of: list[int] = []
+    columns: list[tuple[int, int]] = []
+    pairs: list[tuple[int, int]] = []
+    for index, phase in enumerate(plan.phases):
+        first = len(windows)
+        windows.extend((0, ay, ax, *phase.size) for ay, ax in phase.starts)
+        target_of.extend([index] * len(phase.starts))
+        taps = range(first, len(windows))
+        pairs.extend(itertools.product(taps, taps))
+        columns.extend(itertools.product(phase.columns, phase.columns))
+    blocks = plan_window_grams(tuple(windows), tuple(pairs), size)
+    taps_columns = tuple(col for phase in plan.phases for col in phase.columns)
+    return _ShiftPlan(
+        ((0, 0),), tuple(windows), taps_columns, tuple(target_of), blocks, tuple(columns)
+    )
 
 
 @functools.lru_cache(maxsize=128)

@@ -266,6 +266,9 @@ class SlimTrain(Trainer):
         self._seen_statuses: set[SlimTikStatus] = set()
         self._streak: tuple[SlimTikStatus | None, int] = (None, 0)
         self._ddp_checked = False
+        #: Seconds of the last step's parts: head ``statistics``, slimTik ``solve`` (and the
+        #: write-back of W), and the ``rest`` (validation, forward, backward, optimizer step).
+        self.last_step_times: dict[str, float] = {}
 
     def step(self, x: Tensor, y: Tensor) -> dict[str, float]:
         """One slimTrain step; returns loss, lam, sum_lambda, gcv, rel_residual, status_ok, time
@@ -311,8 +314,9 @@ class SlimTrain(Trainer):
         W = self.adapter.get_weight(head)  # a new tensor: the copy to restore on failure
         try:
             features = _forward(model.features, x, "features")
+            # statistics() checks the features (finite, shape) before anything changes
+            t_stats = time.perf_counter()
             detached = features.detach()
-            check_finite("features", detached)
             targets = y  # the least-squares targets of the head update (losses.py)
             if self.loss.is_classification:
                 logits = head(detached)  # the old W: one head forward, no autograd graph
@@ -323,8 +327,10 @@ class SlimTrain(Trainer):
             if shared:
                 agreed = True
                 distributed.agree_batch_ok(None, self.device)
+            t_solve = time.perf_counter()
             W_new, info = solver.step_statistics(W, stats, checked=True)
             self.adapter.set_weight(head, W_new)
+            t_rest = time.perf_counter()
             if self.debug_distributed:
                 distributed.check_same_across_ranks(W_new, "the head weights W")
             self.optimizer.zero_grad(set_to_none=True)
@@ -341,6 +347,11 @@ class SlimTrain(Trainer):
         self.optimizer.step()
         self._report_status(info.status, solver.n_steps)
         metrics = self._step_metrics(output, y)
+        self.last_step_times = {  # host wall clock: on a GPU without sync, launch times
+            "statistics": t_solve - t_stats,
+            "solve": t_rest - t_solve,
+            "rest": (t_stats - start) + (time.perf_counter() - t_rest),
+        }
         return {
             **metrics,
             "loss": float(loss.detach()),

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One prepared GPU check (limits sum to 570 s; under 10 minutes on one H200): versions, the CUDA tests that are
+# skipped on CPU, the step and statistics benchmarks on CUDA, and a short autoencoder run.
+#
+# Usage (from the repository root): bash benchmarks/gpu_check.sh
+#   PYTHON   interpreter with slimtrain and a CUDA build of torch (default: .venv/bin/python if
+#            it exists, else python)
+#   OUT      folder for the outputs (default: gpu_check_out); every step's log is written there
+#   MNIST    MNIST IDX folder (default: the first of shared/data/mnist, ../shared/data/mnist,
+#            ../../shared/data/mnist;
+#            without one the autoencoder uses scikit-learn's bundled digits)
+# Nothing here downloads. Each step has its own time limit; a failing step is reported and the
+# script goes on, and exits non-zero at the end if any step failed.
+set -u
+cd "$(dirname "$0")/.."
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
+fi
+OUT=${OUT:-gpu_check_out}
+mkdir -p "$OUT"
+if [ -z "${MNIST:-}" ]; then
+  for dir in shared/data/mnist ../shared/data/mnist ../../shared/data/mnist; do
+    if [ -d "$dir" ]; then MNIST=$dir; break; fi
+  done
+fi
+export PYTHONUNBUFFERED=1
+failed=()
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log
+  local name=$1 limit=$2
+  shift 2
+  echo "=== $name (limit ${limit} s): $*"
+  local start=$SECONDS
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "=== $name: exit $rc after $((SECONDS - start)) s"
+  if [ "$rc" -ne 0 ]; then failed+=("$name (exit $rc)"); fi
+}
+
+step versions 60 "$PYTHON" -c '
+import torch
+print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN",
+      torch.backends.cudnn.version(), "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print("device", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))
+else:
+    raise SystemExit("no CUDA device visible to torch")
+'
+command -v nvidia-smi >/dev/null && nvidia-smi | tee "$OUT/nvidia-smi.log"
+
+# tests that need CUDA (skipped on CPU), with the skip reasons listed
+step cuda_tests 120 "$PYTHON" -m pytest tests -q -rs -k "cuda or gpu" -p no:cacheprovider
+step step_overhead 120 "$PYTHON" benchmarks/step_overhead.py --device cuda --runs 3 --steps 20
+step head_statistics 45 "$PYTHON" benchmarks/head_statistics.py --device cuda --repeats 21
+step head_statistics_w64 45 "$PYTHON" benchmarks/head_statistics.py --device cuda --width 64 \
+  --repeats 11
+# --device for slimtik_step.py is being added in the linalg work; called as planned
+step slimtik_step 60 "$PYTHON" benchmarks/slimtik_step.py --device cuda --quick
+AE_DATA=()
+if [ -n "${MNIST:-}" ]; then AE_DATA=(--data "$MNIST"); fi
+step autoencoder 120 "$PYTHON" -m slimtrain run autoencoder "${AE_DATA[@]}" --quick \
+  --device cuda --out "$OUT/autoencoder" --no-progress
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "all GPU checks passed; logs in $OUT"
