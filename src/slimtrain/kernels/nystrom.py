@@ -113,7 +113,11 @@ def top_eigenpairs(
 
     It costs ``O(s^2 (k + p))`` per pass against ``O(s^3)`` for ``eigh``: at ``s = 2000`` and
     ``k = 161`` (float32 passes) it measured 0.3 s against 1.2 s for a float64 ``eigh`` on two
-    CPU cores, with the ``k``-th eigenvalue within 0.3 % of ``eigh``. ``"auto"`` picks
+    idle CPU cores (0.55 s against 2.4 s on one core of a loaded machine), with the ``k``-th
+    eigenvalue within 0.3 % of ``eigh`` on MNIST (bandwidth 5). SciPy's partial
+    ``eigh(subset_by_index=..., driver="evx")`` is exact but took 0.35-1.1 s there and 18 s
+    with two BLAS threads beside a busy process (the Householder tridiagonalisation is
+    ``O(s^3)`` whatever the subset), so it is not used. ``"auto"`` picks
     ``"eigh"`` when ``s <= 512`` or ``s <= 4 (k + p)``.
 
     Parameters
@@ -172,7 +176,12 @@ def top_eigenpairs(
             block = a @ q
         with num_threads(_LAPACK_THREADS):
             q = torch.linalg.qr(block.to(torch.float64)).Q
-        small = q.T @ _matmul_float64(a, q)  # (k + p, k + p)
+        # A Q in the matrix's precision, the projection Q^T (A Q) in float64: on MNIST
+        # (s = 2000, k = 161, float32) the eigenvalues agreed with the float64 product's to
+        # the digits shown (2.6e-3, 6.6e-2 and 1.6e-4 relative error against eigh at
+        # bandwidths 5, 2 and 10, the randomized method's own error) in 10-30 % less time.
+        aq = (a @ q.to(a.dtype)).to(torch.float64)  # (s, k + p)
+        small = q.T @ aq  # (k + p, k + p)
         small = 0.5 * (small + small.T)
         with num_threads(_LAPACK_THREADS):
             values, v = torch.linalg.eigh(small)
@@ -180,16 +189,6 @@ def top_eigenpairs(
     values = values.flip(0)[:k].clamp_min(0.0)
     vectors = vectors.flip(1)[:, :k]
     return NystromEigensystem(values, vectors)
-
-
-def _matmul_float64(a: Tensor, b: Tensor, block: int = 1024) -> Tensor:
-    """``a @ b`` in float64 for a float64 ``b``, casting ``a`` one row block at a time."""
-    if a.dtype == torch.float64:
-        return a @ b
-    out = torch.empty(a.shape[0], b.shape[1], dtype=torch.float64, device=b.device)
-    for r0 in range(0, a.shape[0], block):
-        out[r0 : r0 + block] = a[r0 : r0 + block].to(torch.float64) @ b
-    return out
 
 
 def nystrom_eigensystem(
