@@ -660,16 +660,21 @@ def eigenpro_epoch(
     x : Tensor of shape (n_samples, n_features)
         Training points, the subsample first.
     y : Tensor of shape (n_samples, n_outputs)
+        Targets, in the same order as ``x``.
     weights : Tensor of shape (n_samples, n_outputs)
         ``alpha``; not modified.
     preconditioner : Preconditioner
         ``E`` of shape (s, q), ``D`` of shape (q,).
     batch_size : int
+        ``m``, points per batch (the last batch may be smaller).
     step_size : float
+        ``eta``; each batch moves by ``eta / m`` per point.
     generator : torch.Generator
         CPU generator for the batch order.
     ridge : float
+        ``r >= 0``, the ridge added to the kernel matrix.
     tile_elements : int
+        Entries of one kernel tile formed at once.
 
     Returns
     -------

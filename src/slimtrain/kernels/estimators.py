@@ -300,14 +300,18 @@ class EigenProRegressor(MultiOutputMixin, RegressorMixin, _EigenProBase):
     dtype : {"float32", "float64"}, default="float32"
         Working precision of the kernel blocks and weights (eigensystems are always float64).
     device : str or torch.device, default="cpu"
+        Device of the solver; CUDA needs ``torch.cuda.is_available()``.
     early_stopping : bool, default=False
         Stop when the validation MSE has not improved by ``tol`` for ``n_iter_no_change``
         epochs and keep the best epoch's weights. The validation set is ``X_val, y_val`` given
         to ``fit``, or else a ``validation_fraction`` of the training data (then held out of
         the centers).
     validation_fraction : float, default=0.1
+        Fraction of the training data held out for early stopping when no ``X_val`` is given.
     n_iter_no_change : int, default=3
+        Epochs without improvement before early stopping.
     tol : float, default=0.0
+        Improvement of the validation criterion that counts for early stopping.
     random_state : int, RandomState instance or None, default=None
         Seeds the subsample, the eigensolver and the batch order; equal seeds give identical
         results.
@@ -372,11 +376,14 @@ class EigenProRegressor(MultiOutputMixin, RegressorMixin, _EigenProBase):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Training points (the centers of the model).
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Targets.
         X_val : array-like of shape (n_val, n_features), optional
             Validation points: their MSE is recorded in ``history_`` every epoch and drives
             ``early_stopping``.
         y_val : array-like of shape (n_val,) or (n_val, n_outputs), optional
+            Validation targets.
         callback : callable, optional
             Called with each epoch's :class:`~slimtrain.kernels.eigenpro.EpochRecord`.
 
@@ -410,6 +417,7 @@ class EigenProRegressor(MultiOutputMixin, RegressorMixin, _EigenProBase):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Points to predict.
 
         Returns
         -------
@@ -486,6 +494,7 @@ class EigenProClassifier(ClassifierMixin, _EigenProBase):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Training points (the centers of the model).
         y : array-like of shape (n_samples,)
             Class labels.
         X_val : array-like of shape (n_val, n_features), optional
@@ -532,6 +541,7 @@ class EigenProClassifier(ClassifierMixin, _EigenProBase):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Points to score.
 
         Returns
         -------
@@ -549,6 +559,7 @@ class EigenProClassifier(ClassifierMixin, _EigenProBase):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Points to classify.
 
         Returns
         -------

@@ -56,6 +56,7 @@ def max_batch_size(
     memory_bytes : float
         Budget ``M``.
     n_samples, n_features, n_outputs : int
+        Points ``n``, features ``d`` and outputs ``l`` of the problem.
     itemsize : int
         Bytes per element of the working dtype.
     reserved_bytes : float
@@ -119,6 +120,7 @@ def default_memory_gb(device: str | torch.device = "cpu") -> float:
     Parameters
     ----------
     device : str or torch.device
+        Device of the solver (``"cpu"`` or a CUDA device).
 
     Returns
     -------
@@ -143,6 +145,19 @@ def default_tile_elements(device: str | torch.device, free_bytes: float, itemsiz
     """Kernel-tile size: 2^20 entries on the CPU (cache-sized); on a GPU as much as a quarter
     of the free budget allows, up to 2^28 entries (large tiles keep kernel launches few).
 
+    Parameters
+    ----------
+    device : str or torch.device
+        Device of the solver.
+    free_bytes : float
+        Budget left after the data.
+    itemsize : int
+        Bytes per element of the working dtype.
+
+    Returns
+    -------
+    int
+
     Examples
     --------
     >>> default_tile_elements("cpu", 1e9, 4)
@@ -156,6 +171,17 @@ def default_tile_elements(device: str | torch.device, free_bytes: float, itemsiz
 def auto_subsample_size(n_samples: int, memory_bytes: float | None = None) -> int:
     """``s = min(n, 2000)`` for ``n < 100000``, else ``12000``; at most ``n``, and small enough
     that the float64 subsample Gram (``8 s^2`` bytes) takes at most a third of the budget.
+
+    Parameters
+    ----------
+    n_samples : int
+        Training points ``n``.
+    memory_bytes : float, optional
+        Memory budget; None for no cap.
+
+    Returns
+    -------
+    int
 
     Examples
     --------

@@ -128,6 +128,7 @@ def top_eigenpairs(
     k : int
         Number of eigenpairs, ``1 <= k <= s``.
     method : {"auto", "eigh", "randomized"}
+        Solver; ``"auto"`` as described above.
     generator : torch.Generator, optional
         CPU generator for the random start of ``"randomized"``.
     n_iter : int
@@ -213,11 +214,13 @@ def nystrom_eigensystem(
     kernel : callable
         ``(x, z) -> (n_x, n_z)``.
     x_subsample : Tensor of shape (s, n_features)
+        The Nystrom subsample ``X_s``, in the working dtype.
     n_eigenpairs : int
         ``q + 1`` for a preconditioner of ``q`` components.
     method : {"auto", "eigh", "randomized"}
         See :func:`top_eigenpairs`.
     generator : torch.Generator, optional
+        CPU generator for the random start of the randomized solver.
 
     Returns
     -------

@@ -127,7 +127,9 @@ def choose_n_components(
     target_batch_size : int
         ``m_max``, the largest batch the memory allows.
     softening : float
+        Exponent ``a`` in ``[0, 1]`` of the soft flattening.
     max_components : int, optional
+        Largest ``q`` considered (default ``len(eigenvalues) - 1``).
 
     Returns
     -------
@@ -171,6 +173,7 @@ def numerical_component_limit(
     dtype : torch.dtype
         Working dtype of the iteration.
     softening : float
+        Exponent ``a`` in ``[0, 1]`` of the soft flattening.
 
     Returns
     -------
