@@ -14,7 +14,7 @@ from sklearn.kernel_ridge import KernelRidge
 from sklearn.metrics.pairwise import rbf_kernel
 from threadpoolctl import threadpool_limits
 
-from slimtrain.kernels import eigenpro, memory, nystrom, preconditioner
+from slimtrain.kernels import config, eigenpro, memory, nystrom, preconditioner, setup
 from slimtrain.kernels.eigenpro import (
     EigenProConfig,
     EigenProResult,
@@ -374,7 +374,7 @@ def test_divergence_is_caught_and_the_step_halved(monkeypatch: pytest.MonkeyPatc
     def too_large(*args: object, **kwargs: object) -> tuple[int, float]:
         return 20, 100.0  # far beyond the stable step
 
-    monkeypatch.setattr(eigenpro, "eigenpro_step_and_batch", too_large)
+    monkeypatch.setattr(setup, "eigenpro_step_and_batch", too_large)
     x, y = _data(200, 2)
     res = _solve(make_kernel("gaussian", 0.5), x, y, n_epochs=4, memory_bytes=1e5,
                  generator=_gen(), batch_size=20)
@@ -502,7 +502,9 @@ def test_lowered_n_components_is_a_status() -> None:
     assert "dtype='float64'" in res.status.value
 
 
-@pytest.mark.parametrize("module", [eigenpro, memory, nystrom, preconditioner])
+@pytest.mark.parametrize(
+    "module", [config, eigenpro, memory, nystrom, preconditioner, setup]
+)
 def test_doctests(module: object) -> None:
     result = doctest.testmod(module)  # type: ignore[arg-type]
     assert result.attempted >= 2 and result.failed == 0
