@@ -508,7 +508,8 @@ def eigenpro_solve(
         ``(predictions (n_val, n_outputs), y_val) -> float``, e.g. a classification error;
         the early-stopping criterion when given.
     callback : callable, optional
-        Called with each kept :class:`EpochRecord`.
+        Called with each :class:`EpochRecord` as it is made (an epoch undone later by a
+        divergence was reported too; ``history`` keeps only the epochs kept).
 
     Returns
     -------
