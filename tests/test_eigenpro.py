@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.metrics.pairwise import rbf_kernel
 from threadpoolctl import threadpool_limits
@@ -598,3 +600,38 @@ def test_setup_rejects_bad_points() -> None:
         setup(x.long())
     with pytest.raises(TypeError, match="x must be a torch.Tensor, found ndarray"):
         setup(x.numpy())
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(2, 60),
+    d=st.integers(2, 4),
+    log_bandwidth=st.floats(-1.5, 1.5),
+    name=st.sampled_from(["gaussian", "laplacian", "cauchy"]),
+    seed=st.integers(0, 2**16),
+)
+def test_solver_property_finite_decreasing_and_dtype_independent_rule(
+    n: int, d: int, log_bandwidth: float, name: str, seed: int
+) -> None:
+    """On any small problem with a positive definite kernel: finite weights, status OK, a
+    training MSE below the zero predictor's, and the same q in float32 and float64 whenever
+    float32 resolves it (the rule does not depend on the working precision)."""
+    x, y = _data(n, d, seed=seed)
+    k = make_kernel(name, 10.0**log_bandwidth)
+    res = {}
+    for dtype in (torch.float32, torch.float64):
+        res[dtype] = _solve(k, x.to(dtype), y.to(dtype), n_epochs=3, memory_bytes=1e8,
+                            generator=_gen(seed))
+    r32, r64 = res[torch.float32], res[torch.float64]
+    for r in (r32, r64):
+        assert bool(torch.isfinite(r.weights).all())
+        assert r.status is EigenProStatus.OK
+        assert r.parameters.n_components < r.parameters.subsample_size
+        assert r.history[-1].train_mse <= float(y.square().mean()) * (1 + 1e-6)
+    eig = nystrom_eigensystem(k, x, min(n, 161))
+    q32_limit = numerical_component_limit(eig.eigenvalues, torch.float32)
+    if r64.parameters.n_components < q32_limit:
+        assert r32.parameters.n_components == r64.parameters.n_components
