@@ -20,19 +20,17 @@ from sklearn.utils.estimator_checks import (
 )
 from threadpoolctl import threadpool_limits
 
-from slimtrain.kernels import EigenProClassifier, EigenProRegressor, estimators, gaussian
+from slimtrain.kernels import (
+    EigenProClassifier,
+    EigenProRegressor,
+    EigenProStatus,
+    EpochRecord,
+    estimators,
+    gaussian,
+)
 from slimtrain.kernels.eigenpro import eigenpro_step_and_batch
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-
-_FLOAT32_SUBSET = (
-    "float32 (the default dtype): GEMMs round differently for different numbers of rows, and "
-    "a prediction sums terms weights_j k(x, x_j) that partly cancel, so predictions on a "
-    "subset differ at the float32 rounding level of those terms (1e-7 of sum |w_j k|), above "
-    "the check's absolute 1e-7; with dtype='float64' the check passes "
-    "(test_float64_predictions_are_row_invariant)"
-)
-
 
 @pytest.fixture(autouse=True, scope="module")
 def _few_threads() -> Iterator[None]:
@@ -45,38 +43,38 @@ def _few_threads() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
-def _expected_failed(estimator: object) -> dict[str, str]:
-    return {"check_methods_subset_invariance": _FLOAT32_SUBSET}
-
-
 @parametrize_with_checks(
     [EigenProRegressor(n_epochs=5, random_state=0), EigenProClassifier(n_epochs=5, random_state=0)],
-    expected_failed_checks=_expected_failed,
 )
 def test_sklearn_compatible_estimator(estimator: object, check: object) -> None:
     check(estimator)  # type: ignore[operator]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("cls", [EigenProRegressor, EigenProClassifier])
-def test_float64_predictions_are_row_invariant(cls: type) -> None:
-    estimator = cls(n_epochs=5, random_state=0, dtype="float64")
+def test_predictions_are_row_invariant(cls: type, dtype: str) -> None:
+    estimator = cls(n_epochs=5, random_state=0, dtype=dtype)
     check_methods_subset_invariance(cls.__name__, estimator)
     check_methods_sample_order_invariance(cls.__name__, estimator)
 
 
-def test_float32_subset_predictions_differ_only_by_rounding() -> None:
+def test_float32_predictions_do_not_depend_on_the_batching() -> None:
+    """Issue 12: in float32 a row's prediction differed by 1.4e-6 with the rows predicted
+    with it; predictions are now evaluated in float64 from the float32 model."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 5))
-    y = np.sin(x).sum(1)
+    y = 100 * np.sin(x).sum(1)
     model = EigenProRegressor(n_epochs=5, random_state=0).fit(x, y)
     full = model.predict(x)
     parts = np.concatenate([model.predict(x[i : i + 7]) for i in range(0, 300, 7)])
-    # float32 rounding of a sum of terms weights_j k(x, x_j): relative to the sum of their sizes
-    kernel = gaussian(torch.tensor(x), torch.tensor(model.centers_, dtype=torch.float64), 5.0)
-    size = kernel.numpy() @ np.abs(model.weights_)
-    difference = np.abs(parts - full)
-    assert difference.max() > 0  # the rounding does differ (why the check is expected to fail)
-    assert np.all(difference <= 1e-6 * size)
+    single = np.array([model.predict(x[i : i + 1])[0] for i in range(0, 300, 37)])
+    np.testing.assert_allclose(parts, full, rtol=1e-12, atol=1e-12 * np.abs(full).max())
+    np.testing.assert_allclose(single, full[::37], rtol=1e-12, atol=1e-12 * np.abs(full).max())
+    # the same model as in float32: the float32 centers, evaluated exactly
+    x32 = torch.tensor(x, dtype=torch.float32).double()
+    kernel = gaussian(x32, torch.tensor(model.centers_, dtype=torch.float64), 5.0)
+    np.testing.assert_allclose(full, kernel.numpy() @ model.weights_.astype(np.float64),
+                               rtol=1e-10, atol=1e-10 * np.abs(full).max())
 
 
 # ----------------------------------------------------------------------- exact references
@@ -94,7 +92,7 @@ def test_ridge_estimator_matches_kernel_ridge(kernel: str) -> None:
     x, y = _problem()
     xt, _ = _problem(80, seed=1)
     sigma, ridge = 0.7, 0.1
-    model = EigenProRegressor(kernel=kernel, bandwidth=sigma, ridge=ridge, n_epochs=60,
+    model = EigenProRegressor(kernel=kernel, bandwidth=sigma, ridge=ridge, n_epochs=200,
                               dtype="float64", random_state=0).fit(x, y)
     k = {"gaussian": lambda a, b: np.exp(-_d2(a, b) / (2 * sigma**2)),
          "laplacian": lambda a, b: np.exp(-np.sqrt(_d2(a, b)) / sigma),
@@ -115,8 +113,10 @@ def test_interpolation_limit_against_kernel_ridge() -> None:
     reference = KernelRidge(alpha=1e-10, kernel="rbf", gamma=0.5).fit(x, y).predict(xt)
     errors = []
     for epochs in (1, 5, 25):
+        # n_components=160 (lowered to the float64 precision limit): the limit is under test;
+        # the default rule flattens fewer directions and approaches it more slowly
         model = EigenProRegressor(bandwidth=1.0, n_epochs=epochs, dtype="float64",
-                                  random_state=0).fit(x, y)
+                                  n_components=160, random_state=0).fit(x, y)
         errors.append(np.abs(model.predict(xt) - reference).max())
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] < 1e-2 * np.abs(reference).max()
@@ -147,7 +147,32 @@ def test_regressor_shapes_and_reported_parameters() -> None:
     assert (two.batch_size_, two.step_size_) == (m, pytest.approx(eta))
     assert len(two.history_) == two.n_iter_ == 3
     assert set(two.history_[0]) == {"epoch", "train_mse", "val_mse", "val_error", "step_size",
-                                    "epoch_time"}
+                                    "epoch_time", "status"}
+    assert two.status_ is EigenProStatus.OK and two.history_[-1]["status"] == "OK"
+
+
+def test_diverging_fit_returns_its_last_good_iterate_with_the_status() -> None:
+    """Issue 12 acceptance: a diverging fit does not raise; it returns the iterate before the
+    divergence (here: that of a clean 2-epoch fit) with ``status_ = DIVERGED``."""
+    x, y = _problem(150, 2)
+    poisoned = [False]
+
+    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = gaussian(a, b, 0.7)
+        return out * math.nan if poisoned[0] else out
+
+    def callback(record: EpochRecord) -> None:
+        poisoned[0] = poisoned[0] or record.epoch == 3
+
+    options = {"subsample_size": 50, "batch_size": 30, "dtype": "float64", "random_state": 0}
+    model = EigenProRegressor(kernel=kernel, n_epochs=8, **options)  # type: ignore[arg-type]
+    model.fit(x, y, callback=callback)
+    assert model.status_ is EigenProStatus.DIVERGED
+    assert model.best_epoch_ == model.n_iter_ == 2
+    clean = EigenProRegressor(kernel="gaussian", bandwidth=0.7, n_epochs=2,
+                              **options).fit(x, y)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(model.weights_, clean.weights_)
+    assert clean.status_ is EigenProStatus.OK
 
 
 def test_same_random_state_identical_results() -> None:
@@ -312,3 +337,19 @@ def test_mnist_split_within_0_3_points_of_kernel_ridge() -> None:
     # machine, 0.8 s on one thread under load; the acceptance bound is 1 s (reported by
     # benchmarks/eigenpro_scaling.py), asserted here with headroom for a loaded machine.
     assert clf.setup_time_ < 2.0
+
+
+def test_friedman_within_5_percent_of_kernel_ridge() -> None:
+    """Acceptance case of benchmarks/eigenpro_scaling.py at a test-suite size: Friedman #1
+    (d = 20, noise 1, sigma 1), 3000 training points, 10 epochs of the default rule; the test
+    MSE within 5 % of exact KernelRidge (alpha 1e-6) on 1000 test points."""
+    from sklearn.datasets import make_friedman1
+
+    x, y = make_friedman1(n_samples=4000, n_features=20, noise=1.0, random_state=0)
+    xtr, ytr, xte, yte = x[:3000], y[:3000], x[3000:], y[3000:]
+    model = EigenProRegressor(bandwidth=1.0, n_epochs=10, random_state=0).fit(xtr, ytr)
+    exact = KernelRidge(alpha=1e-6, kernel="rbf", gamma=0.5).fit(xtr, ytr)
+    mse = float(np.mean((model.predict(xte) - yte) ** 2))
+    exact_mse = float(np.mean((exact.predict(xte) - yte) ** 2))
+    assert model.status_ is EigenProStatus.OK
+    assert mse <= 1.05 * exact_mse, (mse, exact_mse)

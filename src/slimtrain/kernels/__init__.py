@@ -4,9 +4,13 @@
 """
 
 from slimtrain.kernels.eigenpro import (
+    EigenProConfig,
     EigenProParameters,
+    EigenProResult,
+    EigenProStatus,
     EpochRecord,
     Preconditioner,
+    RuntimeOptions,
     eigenpro_epoch,
     eigenpro_preconditioner,
     eigenpro_setup,
@@ -27,11 +31,15 @@ from slimtrain.kernels.functions import (
 
 __all__ = [
     "EigenProClassifier",
+    "EigenProConfig",
     "EigenProParameters",
     "EigenProRegressor",
+    "EigenProResult",
+    "EigenProStatus",
     "EpochRecord",
     "Kernel",
     "Preconditioner",
+    "RuntimeOptions",
     "cauchy",
     "eigenpro_epoch",
     "eigenpro_preconditioner",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from numbers import Integral, Real
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -25,17 +25,23 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from torch import Tensor
 
 from slimtrain.kernels.eigenpro import (
+    EigenProConfig,
     EigenProResult,
     EpochRecord,
-    default_memory_gb,
-    default_tile_elements,
+    RuntimeOptions,
     eigenpro_solve,
 )
 from slimtrain.kernels.functions import KERNELS, Kernel, kernel_matmul, make_kernel
+from slimtrain.kernels.memory import default_memory_gb, default_tile_elements
 
 __all__ = ["EigenProClassifier", "EigenProRegressor"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _int_or_auto(value: object) -> int | Literal["auto"]:
+    """A validated ``int or "auto"`` parameter as the solver's config takes it."""
+    return "auto" if isinstance(value, str) else int(value)  # type: ignore[call-overload]
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -165,23 +171,26 @@ class _EigenProBase(BaseEstimator):
             return torch.tensor(a, dtype=dtype, device=device)
 
         xt, yt = to_torch(x), to_torch(y)
+        config = EigenProConfig(
+            n_epochs=int(self.n_epochs),
+            subsample_size=_int_or_auto(self.subsample_size),
+            n_components=_int_or_auto(self.n_components),
+            batch_size=_int_or_auto(self.batch_size),
+            ridge=float(self.ridge),
+            early_stopping=bool(self.early_stopping),
+            n_iter_no_change=int(self.n_iter_no_change),
+            tol=float(self.tol),
+        )
         result: EigenProResult = eigenpro_solve(
             kernel,
             xt,
             yt,
-            n_epochs=self.n_epochs,
-            memory_bytes=memory_bytes,
+            config,
+            RuntimeOptions(memory_bytes=memory_bytes),
             generator=generator,
-            subsample_size=self.subsample_size,  # type: ignore[arg-type]
-            n_components=self.n_components,  # type: ignore[arg-type]
-            batch_size=self.batch_size,  # type: ignore[arg-type]
-            ridge=float(self.ridge),
             x_val=None if x_val is None else to_torch(x_val),
             y_val=None if y_val is None else to_torch(y_val),
             error_fn=error_fn,
-            early_stopping=self.early_stopping,
-            n_iter_no_change=self.n_iter_no_change,
-            tol=float(self.tol),
             callback=callback,
         )
         weights = result.weights.cpu().numpy()
@@ -199,6 +208,7 @@ class _EigenProBase(BaseEstimator):
         self.history_ = [record.as_dict() for record in result.history]
         self.n_iter_ = len(result.history)
         self.best_epoch_ = result.best_epoch
+        self.status_ = result.status
 
     def _check_val(
         self, x_val: ArrayLike | None, y_val: ArrayLike | None
@@ -216,14 +226,23 @@ class _EigenProBase(BaseEstimator):
         return xv, yv
 
     def _scores(self, X: ArrayLike) -> NDArray[np.float64]:
-        """``k(X, centers_) @ weights_`` in float64, shape (n_samples,) or (n_samples, l)."""
+        """``k(X, centers_) @ weights_``, shape (n_samples,) or (n_samples, l).
+
+        Evaluated in float64 whatever ``dtype``: a prediction sums terms
+        ``weights_j k(x, x_j)`` that partly cancel, and float32 GEMMs round differently for
+        different numbers of rows, so float32 predictions of a row depended on the rows
+        predicted with it (1.4e-6 apart); in float64 they agree to 1e-13 and
+        ``check_methods_subset_invariance`` holds. The fitted centers hold the float32 values
+        when ``dtype="float32"``, so the model is the same; the cost is one float64 kernel
+        evaluation (predicting is not the bottleneck of a fit).
+        """
         check_is_fitted(self)
         x = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         device = _resolve_device(self.device)
-        dtype = _DTYPES[self.dtype]
-        xt = torch.tensor(x, dtype=dtype, device=device)
-        centers = torch.as_tensor(self.centers_, device=device)
-        weights = torch.as_tensor(self.weights_, device=device)
+        dtype = torch.float64
+        xt = torch.tensor(x, dtype=_DTYPES[self.dtype], device=device).to(dtype)
+        centers = torch.as_tensor(self.centers_, device=device).to(dtype)
+        weights = torch.as_tensor(self.weights_, device=device).to(dtype)
         tile = default_tile_elements(device, self._memory_bytes(device), xt.element_size())
         out = kernel_matmul(self._kernel(), xt, centers, weights, tile_elements=tile)
         return np.asarray(out.cpu().numpy(), dtype=np.float64)
@@ -264,12 +283,12 @@ class EigenProRegressor(MultiOutputMixin, RegressorMixin, _EigenProBase):
         ``s``: ``min(n, 2000)`` for ``n < 100000``, else 12000 (capped by the budget).
     n_components : int or "auto", default="auto"
         ``q``: the smallest number whose critical batch size reaches the largest batch the
-        memory allows, at most ``min(160, s // 8)`` (``s - 1`` when the subsample is all the
-        data) and what the working precision resolves; 0 disables the preconditioner (plain
-        SGD).
+        memory allows (EigenPro 2, also when the subsample is all the data), at most
+        ``min(160, s // 8)`` (``min(160, s - 1)`` when the subsample is all the data) and what
+        the working precision resolves; 0 disables the preconditioner (plain SGD).
     batch_size : int or "auto", default="auto"
         ``m``: ``min(floor(m*) + 1, m_max)``. When all ``n`` points fit in one batch and
-        ``m*(q_max) >= n``, the solver takes full-batch steps of ``0.99 / lt1`` instead
+        ``m*(q) >= n``, the solver takes full-batch steps of ``0.99 / lt1`` instead
         (``eigenpro_parameters_["regime"] == "full-batch"``, see
         :func:`slimtrain.kernels.eigenpro.eigenpro_setup`).
     memory_gb : float or "auto", default="auto"
@@ -281,14 +300,18 @@ class EigenProRegressor(MultiOutputMixin, RegressorMixin, _EigenProBase):
     dtype : {"float32", "float64"}, default="float32"
         Working precision of the kernel blocks and weights (eigensystems are always float64).
     device : str or torch.device, default="cpu"
+        Device of the solver; CUDA needs ``torch.cuda.is_available()``.
     early_stopping : bool, default=False
         Stop when the validation MSE has not improved by ``tol`` for ``n_iter_no_change``
         epochs and keep the best epoch's weights. The validation set is ``X_val, y_val`` given
         to ``fit``, or else a ``validation_fraction`` of the training data (then held out of
         the centers).
     validation_fraction : float, default=0.1
+        Fraction of the training data held out for early stopping when no ``X_val`` is given.
     n_iter_no_change : int, default=3
+        Epochs without improvement before early stopping.
     tol : float, default=0.0
+        Improvement of the validation criterion that counts for early stopping.
     random_state : int, RandomState instance or None, default=None
         Seeds the subsample, the eigensolver and the batch order; equal seeds give identical
         results.
@@ -312,11 +335,15 @@ class EigenProRegressor(MultiOutputMixin, RegressorMixin, _EigenProBase):
         Every chosen value (also ``beta``, the eigenvalues, ``m*``, ``m_max``, the solver).
     history_ : list of dict
         Per epoch: ``epoch``, ``train_mse``, ``val_mse``, ``val_error``, ``step_size``,
-        ``epoch_time``.
+        ``epoch_time`` and ``status`` (the name of the epoch's
+        :class:`~slimtrain.kernels.eigenpro.EigenProStatus`).
     n_iter_ : int
-        Epochs run.
+        Epochs kept (epochs undone by a divergence are not counted).
     best_epoch_ : int
         Epoch of the returned weights.
+    status_ : EigenProStatus
+        What the fit did; ``status_.value`` is a sentence saying what to do about it (a
+        diverging fit returns its last good iterate with ``DIVERGED`` instead of raising).
 
     References
     ----------
@@ -349,11 +376,14 @@ class EigenProRegressor(MultiOutputMixin, RegressorMixin, _EigenProBase):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Training points (the centers of the model).
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Targets.
         X_val : array-like of shape (n_val, n_features), optional
             Validation points: their MSE is recorded in ``history_`` every epoch and drives
             ``early_stopping``.
         y_val : array-like of shape (n_val,) or (n_val, n_outputs), optional
+            Validation targets.
         callback : callable, optional
             Called with each epoch's :class:`~slimtrain.kernels.eigenpro.EpochRecord`.
 
@@ -387,6 +417,7 @@ class EigenProRegressor(MultiOutputMixin, RegressorMixin, _EigenProBase):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Points to predict.
 
         Returns
         -------
@@ -431,7 +462,7 @@ class EigenProClassifier(ClassifierMixin, _EigenProBase):
     centers_ : ndarray of shape (n_centers, n_features)
     n_features_in_ : int
     subsample_size_, n_components_, batch_size_, step_size_, setup_time_,
-    eigenpro_parameters_, history_, n_iter_, best_epoch_
+    eigenpro_parameters_, history_, n_iter_, best_epoch_, status_
         As for :class:`EigenProRegressor`; ``history_`` also holds ``val_error``.
 
     References
@@ -463,6 +494,7 @@ class EigenProClassifier(ClassifierMixin, _EigenProBase):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Training points (the centers of the model).
         y : array-like of shape (n_samples,)
             Class labels.
         X_val : array-like of shape (n_val, n_features), optional
@@ -509,6 +541,7 @@ class EigenProClassifier(ClassifierMixin, _EigenProBase):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Points to score.
 
         Returns
         -------
@@ -526,6 +559,7 @@ class EigenProClassifier(ClassifierMixin, _EigenProBase):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Points to classify.
 
         Returns
         -------
