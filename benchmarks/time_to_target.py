@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from slimtrain.experiments import RunConfig, experiment_defaults, make_setup, run_methods
+from slimtrain.experiments import REGISTRY, TrainingOptions, make_setup, run_methods
 from slimtrain.experiments.runner import MethodResult
 
 METHODS = ("adam", "slimtrain", "slimtrain-prodigy")
@@ -43,8 +43,8 @@ def _to_target(result: MethodResult, target: float, scale: float) -> tuple[int |
 
 def _problem(name: str, epochs: int, data_dir: str | None) -> None:
     setup = make_setup(name, seed=0, data_dir=data_dir)
-    batch = experiment_defaults(name)["batch_size"]
-    config = RunConfig(epochs=epochs, batch_size=batch, lr=1e-3, seed=0)
+    batch = REGISTRY[name].defaults["batch_size"]
+    config = TrainingOptions(epochs=epochs, batch_size=batch, lr=1e-3, seed=0)
     start = time.perf_counter()
     results = run_methods(setup, METHODS, config, progress=False)
     wall = time.perf_counter() - start

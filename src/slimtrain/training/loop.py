@@ -36,7 +36,8 @@ class History:
     """Per-epoch records of a run; ``records[0]`` describes the model before training.
 
     Each record holds ``epoch``, ``train_loss``, ``train_rel_error``, ``val_loss``,
-    ``val_rel_error`` (NaN without a validation loader), ``sum_lambda``, ``lam`` (the last
+    ``val_rel_error`` (``||F - C||_F / ||C||_F`` of the whole set; NaN without a validation
+    loader), ``sum_lambda``, ``lam`` (the last
     step's), ``epoch_time`` (seconds of training in that epoch) and ``steps``.
     """
 
@@ -127,19 +128,26 @@ class FitState:
 
 
 def evaluate(trainer: Trainer, batches: Batches) -> tuple[float, float]:
-    """Mean loss and mean relative error over ``batches`` with the current parameters."""
+    r"""Mean loss and relative error of the whole set over ``batches``, current parameters.
+
+    The relative error is :math:`\|F - C\|_F / \|C\|_F` over all samples (not a mean of
+    per-sample ratios, which explodes near zero targets); the loss is
+    :math:`\tfrac1N \sum_i \tfrac12 \|f(x_i) - c_i\|^2`, so :math:`\|F - C\|_F^2` is
+    twice the loss sum.
+    """
     trainer.eval()
-    total_loss = total_rel = count = 0.0
+    total_loss = total_target = count = 0.0
     for x, y in batches:
-        loss_sum, rel_sum, n = trainer.evaluate_batch(x, y)
+        loss_sum, _, n = trainer.evaluate_batch(x, y)
         total_loss += loss_sum
-        total_rel += rel_sum
+        total_target += float(torch.as_tensor(y).double().square().sum())
         count += n
-    total_loss, total_rel, count = all_reduce_sums([total_loss, total_rel, count],
-                                                   trainer.device)
+    total_loss, total_target, count = all_reduce_sums([total_loss, total_target, count],
+                                                      trainer.device)
     if count == 0:
         raise ValueError("found an empty data loader; expected at least one batch to evaluate")
-    return total_loss / count, total_rel / count
+    relative = math.sqrt(2.0 * total_loss / total_target) if total_target > 0 else math.inf
+    return total_loss / count, relative
 
 
 def _loader_generators(loader: Batches) -> list[torch.Generator]:

@@ -396,7 +396,11 @@ class GradientTrainer(Trainer):
 
     The head parameters of a :class:`SeparableModel` (which it sets to
     ``requires_grad=False`` for slimTrain) are made trainable again; every other parameter keeps
-    its ``requires_grad``, so parameters frozen on purpose stay frozen. Optimizers with
+    its ``requires_grad``, so parameters frozen on purpose stay frozen. Under torch.distributed
+    the gradients of parameters outside DistributedDataParallel (the head, which
+    :func:`~slimtrain.training.distributed.data_parallel` leaves unwrapped) are averaged over
+    the processes too, so every rank keeps the same parameters, and a batch rejected on one
+    rank stops the step on all of them. Optimizers with
     train/eval modes (schedule-free AdamW) are switched by :meth:`train` / :meth:`eval`.
 
     Parameters
@@ -437,7 +441,15 @@ class GradientTrainer(Trainer):
             step).
         """
         start = time.perf_counter()
-        x, y = self._prepare(x, y)
+        shared = distributed.is_distributed()
+        try:
+            x, y = self._prepare(x, y)
+        except (ValueError, TypeError) as error:
+            if shared:  # the other processes must not wait in DDP's all-reduce
+                distributed.agree_batch_ok(error, self.device)
+            raise
+        if shared:
+            distributed.agree_batch_ok(None, self.device)
         buffers = [b.clone() for b in self.model.buffers()]
         try:
             self.optimizer.zero_grad(set_to_none=True)
@@ -446,6 +458,8 @@ class GradientTrainer(Trainer):
         except BaseException:
             _restore_buffers(self.model, buffers)
             raise
+        if shared:  # DDP averages the wrapped parameters' gradients; average the others too
+            distributed.average_unwrapped_gradients(self.model)
         self.optimizer.step()
         return {"loss": float(loss.detach()), "time": time.perf_counter() - start}
 
