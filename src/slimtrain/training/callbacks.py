@@ -17,6 +17,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from slimtrain._io import write_csv, write_json
+from slimtrain._validation import check_int
 from slimtrain.training.checkpoint import atomic_save
 
 __all__ = ["Callback", "ProgressBar", "CSVLogger", "JSONLogger", "Checkpoint", "TensorBoardLogger"]
@@ -136,8 +137,7 @@ class Checkpoint(Callback):
     """
 
     def __init__(self, path: str | os.PathLike[str], every: int = 1):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive int, found {every!r}")
+        check_int("every", every, minimum=1)
         self.path = Path(path)
         self.every = every
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from slimtrain._validation import check_int
 from slimtrain.training.checkpoint import (
     capture_rng_state,
     check_rng_state,
@@ -87,8 +88,10 @@ class History:
                 )
             parsed.append({k: float(v) for k, v in record.items()})
         best_epoch, best_val_loss = data["best_epoch"], data["best_val_loss"]
-        if isinstance(best_epoch, bool) or not isinstance(best_epoch, int):
-            raise ValueError(f"history 'best_epoch' must be an int, found {best_epoch!r}")
+        try:
+            check_int("history 'best_epoch'", best_epoch)
+        except TypeError as error:
+            raise ValueError(str(error)) from None
         if not _is_real(best_val_loss):
             raise ValueError(
                 f"history 'best_val_loss' must be a real number, found {best_val_loss!r}"
@@ -199,8 +202,7 @@ def fit(
         Also the best-validation model state in ``history``'s companion
         ``trainer.best_state_dict`` (set on the trainer).
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative int, found {epochs!r}")
+    check_int("epochs", epochs, minimum=0)
     generators = _loader_generators(train_loader)
     history = History()
     state = FitState(trainer, history, epochs, generators=generators)
@@ -277,8 +279,11 @@ def _check_resumable(
     every random state as they were.
     """
     epoch = checkpoint["epoch"]
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise ValueError(f"checkpoint {path} has epoch {epoch!r}; expected a non-negative int")
+    try:
+        check_int("epoch", epoch, minimum=0)
+    except (TypeError, ValueError):
+        raise ValueError(f"checkpoint {path} has epoch {epoch!r}; expected a non-negative int"
+                         ) from None
     if epoch > epochs:
         raise ValueError(f"checkpoint {path} is at epoch {epoch}, beyond epochs={epochs}")
     try:
