@@ -18,7 +18,15 @@ import pytest
 import torch
 
 from slimtrain import __version__, cli
-from slimtrain.experiments import METHODS, REGISTRY, TrainingOptions, execute, report, run_methods
+from slimtrain.experiments import (
+    METHODS,
+    REGISTRY,
+    Experiment,
+    TrainingOptions,
+    execute,
+    report,
+    run_methods,
+)
 from slimtrain.experiments import sweep as sweep_module
 from slimtrain.experiments.inverse import InverseOptions
 from slimtrain.experiments.kernel import KernelOptions
@@ -339,3 +347,33 @@ def test_nproc_2_gives_the_single_process_losses(tmp_path: Path) -> None:
     for method in ("slimtrain", "adam"):
         torch.testing.assert_close(two[method]["val_loss"], one[method]["val_loss"],
                                    rtol=1e-4, atol=0)
+
+
+# --- a new experiment is one declaration ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _ToyOptions:
+    epochs: int = dataclasses.field(default=3, metadata={"help": "passes"})
+    scale: float = dataclasses.field(default=0.5, metadata={"help": "a factor"})
+
+
+def _run_toy(options: _ToyOptions, session: Any) -> Any:
+    values = [options.scale * k for k in range(options.epochs)]
+    return report.Result({"experiment": "toy", "values": values},
+                         [{"epoch": k, "value": v} for k, v in enumerate(values)], {}, "TOY")
+
+
+def test_a_declared_experiment_is_a_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(REGISTRY, "toy", Experiment("toy", "a toy", _ToyOptions, _run_toy))
+    with pytest.raises(SystemExit):
+        run("run", "toy", "--help")
+    assert "a factor (default: 0.5)" in " ".join(capsys.readouterr().out.split())
+    out = tmp_path / "toy"
+    assert run("run", "toy", "--epochs", "2", "--scale", "2", "--out", str(out)) == 0
+    assert json.loads((out / "summary.json").read_text())["values"] == [0.0, 2.0]
+    assert json.loads((out / "run.json").read_text()) == {"declared": "toy", "epochs": 2,
+                                                          "scale": 2.0}
+    assert "TOY" in capsys.readouterr().out
+    assert run("run", "toy", "--out", str(out)) == 2  # the folder rules hold for it too
