@@ -165,7 +165,9 @@ def _launch(nproc: int, argv: Sequence[str], out: Path) -> int:
     rest = [t for i, t in enumerate(argv) if not (t == "--nproc" or t.startswith("--nproc=")
                                                   or (i and argv[i - 1] == "--nproc"))]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "slimtrain", *rest, "--out", str(out)]
+               f"--nproc_per_node={nproc}", "-m", "slimtrain", *rest]
+    if not any(t == "--out" or t.startswith("--out=") for t in rest):
+        command += ["--out", str(out)]  # the timestamped default, the same for every process
     print("launching:", " ".join(command), flush=True)
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, _CHECKED: "1"})
