@@ -171,10 +171,9 @@ def _launch(nproc: int, argv: Sequence[str], out: Path) -> int:
     print("launching:", " ".join(command), flush=True)
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, _CHECKED: "1"})
-    assert process.stderr is not None
     tail: list[str] = []
     said: set[str] = set()
-    for line in process.stderr:
+    for line in process.stderr or ():
         if line.startswith("slimtrain:") and line not in said:
             said.add(line)
             sys.stderr.write(line)

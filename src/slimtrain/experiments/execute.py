@@ -11,7 +11,7 @@ from typing import Any
 from slimtrain.experiments.registry import REGISTRY, Result, Session, option_values
 from slimtrain.experiments.report import prepare_output, write_result
 
-__all__ = ["run_experiment"]
+__all__ = ["identity", "run_experiment"]
 
 logger = logging.getLogger(__name__)
 
