@@ -9,7 +9,7 @@ process's memory after importing and loading the data, before fitting.
 The exact solver is scikit-learn's ``KernelRidge`` (alpha 1e-6) up to n = 23000 where its
 ~3 n^2 float64 matrices fit in memory (at n = 30000 its Cholesky, in SciPy's bundled OpenBLAS,
 segfaults on this stack); beyond, the same system solved by torch's Cholesky (two n^2
-matrices, ``slimtrain.experiments.kernel.fit_kernel_ridge``); where not even that fits it is
+matrices, ``slimtrain.kernels.ridge.fit_kernel_ridge``); where not even that fits it is
 skipped with the memory it would need. EigenPro's fit time includes
 the per-epoch evaluation on the test set (so its curve can be reported); "reach" is the time
 (set-up plus epochs) at which its test MSE first came within 5 % of the exact solver's (for
@@ -97,8 +97,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One fit in this process; returns times, test metrics and peak memory."""
     if spec["method"] == "setup":
         return _setup_times(spec)
-    from slimtrain.experiments.kernel import fit_kernel_ridge
     from slimtrain.kernels import EigenProClassifier, EigenProRegressor
+    from slimtrain.kernels.ridge import fit_kernel_ridge
 
     x_tr, y_tr, x_te, y_te = _load(spec)
     classification = spec["dataset"] == "mnist"

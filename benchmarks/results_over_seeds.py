@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from slimtrain.experiments import RunConfig, experiment_defaults, make_setup, run_methods
+from slimtrain.experiments import REGISTRY, TrainingOptions, make_setup, run_methods
 from slimtrain.experiments.runner import METHODS
 
 LABELS = {
@@ -43,7 +43,8 @@ def _fmt(values: list[float]) -> str:
 
 
 def _problem(name: str, args: argparse.Namespace) -> None:
-    defaults = experiment_defaults(name, quick=args.quick)
+    declared = REGISTRY[name]
+    defaults = {**declared.defaults, **((declared.quick or {}) if args.quick else {})}
     epochs = args.epochs or defaults["epochs"]
     data = args.data if name == "autoencoder" else None
     curves: dict[str, list[dict[int, float]]] = {m: [] for m in args.methods}  # per seed
@@ -53,7 +54,7 @@ def _problem(name: str, args: argparse.Namespace) -> None:
     for seed in args.seeds:
         setup = make_setup(name, seed=seed, data_dir=data, quick=args.quick)
         label = setup.loss_label
-        config = RunConfig(epochs=epochs, batch_size=defaults["batch_size"], lr=1e-3,
+        config = TrainingOptions(epochs=epochs, batch_size=defaults["batch_size"], lr=1e-3,
                            seed=seed, device=args.device)
         start = time.perf_counter()
         results = run_methods(setup, args.methods, config, progress=False)

@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from slimtrain.experiments import RunConfig, experiment_defaults, run_sweep, sweep_table
+from slimtrain.experiments import REGISTRY, TrainingOptions, run_experiment
+from slimtrain.experiments.sweep import SweepOptions
 
 
 def main() -> None:
@@ -30,16 +32,16 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="MNIST IDX folder (autoencoder)")
     parser.add_argument("--out", default=None, help="report folder (default: a temporary one)")
     args = parser.parse_args()
-    defaults = experiment_defaults(args.experiment)
+    defaults = REGISTRY[args.experiment].defaults
     epochs = defaults["epochs"] if args.epochs is None else args.epochs
-    config = RunConfig(epochs=epochs, batch_size=defaults["batch_size"], seed=0)
+    config = TrainingOptions(epochs=epochs, batch_size=defaults["batch_size"], seed=0)
     out = args.out or tempfile.mkdtemp(prefix=f"sensitivity-{args.experiment}-")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.experiment}, "
           f"{epochs} epochs per cell, batch {config.batch_size}")
     start = time.perf_counter()
-    summary = run_sweep(args.experiment, config, out_dir=out, data_dir=args.data,
-                        progress=False)
-    print(sweep_table(summary))
+    options = SweepOptions(experiment=args.experiment, training=config,
+                           data=None if args.data is None else Path(args.data))
+    print(run_experiment("sweep", options, out, overwrite=True).table)
     print(f"({time.perf_counter() - start:.0f} s for 9 cells x 2 methods; report in {out})")
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from slimtrain.experiments import RunConfig, experiment_defaults, make_setup, run_methods
+from slimtrain.experiments import REGISTRY, TrainingOptions, make_setup, run_methods
 from slimtrain.experiments.runner import MethodResult
 
 METHODS = ("adam", "slimtrain", "slimtrain-prodigy")
@@ -51,8 +51,8 @@ def _problem(
 ) -> dict[str, tuple[float, float, float]]:
     """One seed: per method (best validation loss, epochs / Adam's, seconds / Adam's)."""
     setup = make_setup(name, seed=seed, data_dir=data_dir)
-    batch = experiment_defaults(name)["batch_size"]
-    config = RunConfig(epochs=epochs, batch_size=batch, lr=1e-3, seed=seed, device=device)
+    batch = REGISTRY[name].defaults["batch_size"]
+    config = TrainingOptions(epochs=epochs, batch_size=batch, lr=1e-3, seed=seed, device=device)
     start = time.perf_counter()
     results = run_methods(setup, METHODS, config, progress=False)
     wall = time.perf_counter() - start

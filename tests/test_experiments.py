@@ -1,6 +1,6 @@
 """End-to-end runs of the experiments at a tiny size: the files each writes (``metrics.csv``,
-``summary.json``, PNG plots) and their contents, the sweep's grids and spreads, the inverse
-problem, and the command line (defaults per experiment, options that do not apply, errors).
+``summary.json``, PNG plots) and their contents, the sweep's grids and spreads, and the inverse
+problem. The command line and the output-folder rules: ``test_cli.py``.
 
 Every run goes through the real code path (data, network, loop, report writer); only the sizes
 are small. The CDR simulations are cached in a temporary folder, never in ``~/.cache``.
@@ -19,21 +19,15 @@ import numpy as np
 import pytest
 import torch
 
-from slimtrain import cli, experiments, plots
-from slimtrain.experiments import (
-    METHODS,
-    RunConfig,
-    experiment_defaults,
-    run_experiment,
-    run_inverse,
-    run_sweep,
-    sweep_table,
-)
-from slimtrain.experiments.inverse import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MEMORY_DEPTH,
-    DEFAULT_PASSES,
-)
+from slimtrain import plots
+from slimtrain.experiments import METHODS, REGISTRY, TrainingOptions, run_experiment
+from slimtrain.experiments.inverse import InverseOptions
+from slimtrain.experiments.runner import run_methods
+from slimtrain.experiments.setups import make_setup
+from slimtrain.experiments.sweep import SweepOptions
+from slimtrain.experiments.tables import sweep_table
+
+pytestmark = pytest.mark.usefixtures("few_threads")
 
 EPOCHS = 2
 # Every method once (on peaks, the cheapest); slimTrain against Adam on the others.
@@ -68,37 +62,16 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), rows
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """One intra-op thread: the tensors here are tiny, and on a shared machine with few cores
-    torch's thread pool made the autoencoder run 10x slower (measured: 30 s against 3 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A temporary CDR cache, also as ``$SLIMTRAIN_CACHE`` for the code paths (the CLI) that
-    take no ``cache_dir``."""
-    path = tmp_path_factory.mktemp("cdr-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SLIMTRAIN_CACHE", str(path))
-        yield path
-
-
 @pytest.fixture(scope="module", params=list(RUNS))
 def training_run(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, cdr_cache: Path
 ) -> tuple[str, Path, dict[str, Any]]:
     name = request.param
-    out = tmp_path_factory.mktemp(name)
-    summary = run_experiment(
-        name, RUNS[name], RunConfig(epochs=EPOCHS, batch_size=BATCH[name]), out_dir=out,
-        quick=True, progress=False, cache_dir=cache_dir,
-    )
-    return name, out, summary
+    out = tmp_path_factory.mktemp(name) / "run"
+    options = REGISTRY[name].options(
+        experiment=name, methods=tuple(RUNS[name]), quick=True,
+        training=TrainingOptions(epochs=EPOCHS, batch_size=BATCH[name]))
+    return name, out, run_experiment(name, options, out).summary
 
 
 def test_training_run_metrics_csv(training_run: tuple[str, Path, dict[str, Any]]) -> None:
@@ -120,14 +93,14 @@ def test_training_run_metrics_csv(training_run: tuple[str, Path, dict[str, Any]]
 
 
 def test_training_run_summary_json(
-    training_run: tuple[str, Path, dict[str, Any]], cache_dir: Path
+    training_run: tuple[str, Path, dict[str, Any]], cdr_cache: Path
 ) -> None:
     name, out, _ = training_run
     summary = json.loads((out / "summary.json").read_text())
     assert {"experiment", "config", "methods"} <= summary.keys()
     assert summary["experiment"] == name
-    assert summary["config"]["epochs"] == EPOCHS
-    assert summary["config"]["batch_size"] == BATCH[name]
+    assert summary["config"]["training"]["epochs"] == EPOCHS
+    assert summary["config"]["training"]["batch_size"] == BATCH[name]
     assert list(summary["methods"]) == RUNS[name]
     initial = []
     for method, m in summary["methods"].items():
@@ -148,7 +121,7 @@ def test_training_run_summary_json(
     np.testing.assert_allclose(initial, initial[0], rtol=1e-6)
     if name == "cdr":  # the simulations went to the temporary cache
         cache = Path(summary["config"]["data"]["cache"])
-        assert cache.parent == cache_dir and cache.is_file()
+        assert cache.parent == cdr_cache and cache.is_file()
 
 
 def test_training_run_plots(training_run: tuple[str, Path, dict[str, Any]]) -> None:
@@ -163,10 +136,10 @@ def test_training_run_plots(training_run: tuple[str, Path, dict[str, Any]]) -> N
 
 @pytest.fixture(scope="module")
 def sweep_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    out = tmp_path_factory.mktemp("sweep")
-    summary = run_sweep("peaks", RunConfig(epochs=1, batch_size=32), lrs=[1e-3, 1e-2],
-                        regs=[1e-10, 1e-1], out_dir=out, quick=True, progress=False)
-    return out, summary
+    out = tmp_path_factory.mktemp("sweep") / "run"
+    options = SweepOptions(experiment="peaks", training=TrainingOptions(epochs=1, batch_size=32),
+                           quick=True, lrs=(1e-3, 1e-2), regs=(1e-10, 1e-1))
+    return out, run_experiment("sweep", options, out).summary
 
 
 def test_sweep_writes_grids_spreads_and_plot(sweep_run: tuple[Path, dict[str, Any]]) -> None:
@@ -199,35 +172,27 @@ def test_sweep_writes_grids_spreads_and_plot(sweep_run: tuple[Path, dict[str, An
 
 def test_sweep_rejects_a_bad_cell_before_training(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="lr must be > 0"):
-        run_sweep("peaks", RunConfig(epochs=1), lrs=[1e-3, 0.0], regs=[0.0], out_dir=tmp_path,
-                  quick=True, progress=False)
-    assert not (tmp_path / "summary.json").exists()
+        SweepOptions(experiment="peaks", lrs=(1e-3, 0.0), regs=(0.0,))
 
 
-def test_sweep_heatmap_panels_do_not_overlap(monkeypatch: pytest.MonkeyPatch,
-                                             tmp_path: Path) -> None:
-    figures = []
-    save = plots._save
-
-    def keep(fig: Any, path: Any) -> Path:
-        fig.canvas.draw()
-        figures.append([ax.get_tightbbox() for ax in fig.axes[:2]] + fig.axes[:2])
-        return save(fig, path)
-
-    monkeypatch.setattr(plots, "_save", keep)
+def test_sweep_heatmap_panels_do_not_overlap(tmp_path: Path) -> None:
     grids = {"slimtrain": np.array([[1.0, 2.0], [math.nan, 3.0]]),
              "adam": np.array([[4.0, 5.0], [6.0, 70.0]])}
-    plots.plot_sweep_heatmaps(grids, [1e-3, 1e-2], [1e-10, 1e-1], tmp_path / "sweep.png")
-    first, second, ax0, ax1 = figures[0]
+    fig = plots.plot_sweep_heatmaps(grids, [1e-3, 1e-2], [1e-10, 1e-1])
+    fig.canvas.draw()
+    ax0, ax1 = fig.axes[:2]
+    first, second = ax0.get_tightbbox(), ax1.get_tightbbox()
     assert ax0.get_ylabel() == "learning rate" and ax1.get_ylabel() == ""
     assert first.x1 < second.x0, "the panels (with their labels) overlap"
+    plots.save_figure(fig, tmp_path / "sweep.png")
     assert_png(tmp_path / "sweep.png")
 
 
 def test_run_inverse_tiny(tmp_path: Path) -> None:
-    summary = run_inverse(out_dir=tmp_path, n=64, batch_size=16, epochs=3, progress=False)
+    options = InverseOptions(n=64, batch_size=16, epochs=3)
+    summary = run_experiment("inverse", options, tmp_path).summary
     config = summary["config"]
-    assert config["memory_depth"] == DEFAULT_MEMORY_DEPTH  # the function's own default
+    assert config["memory_depth"] == InverseOptions().memory_depth == 4
     assert config["batch_size"] == 16 and config["passes"] == 3
     assert config["steps"] == 3 * 4
     results = json.loads((tmp_path / "summary.json").read_text())["results"]
@@ -244,150 +209,22 @@ def test_run_inverse_tiny(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("bad", [{"batch_size": 0}, {"memory_depth": -1}, {"epochs": 0}])
-def test_run_inverse_validates(tmp_path: Path, bad: dict[str, int]) -> None:
+def test_inverse_options_validate(bad: dict[str, int]) -> None:
     (name, _), = bad.items()
     with pytest.raises(ValueError, match=name):
-        run_inverse(out_dir=tmp_path, n=32, progress=False, **bad)
+        InverseOptions(**bad)
 
 
-# --- command line -------------------------------------------------------------------------
-
-
-def test_cli_run_peaks_uses_the_experiment_defaults(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "run"
-    code = cli.main(["run", "peaks", "--quick", "--epochs", "1", "--method", "slimtrain",
-                     "--out", str(out), "--no-progress"])
-    assert code == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["methods"]) == ["slimtrain"]
-    config = summary["config"]
-    assert config["epochs"] == 1
-    assert config["batch_size"] == experiment_defaults("peaks", quick=True)["batch_size"]
-    defaults = RunConfig()
-    for key in ("lr", "alpha", "memory_depth", "initial_lambda", "device"):
-        assert config[key] == getattr(defaults, key), key
-    assert len(summary["methods"]["slimtrain"]["val_loss"]) == 2
-    printed = capsys.readouterr().out
-    assert "slimtrain" in printed and "best val loss" in printed and str(out) in printed
-
-
-def test_cli_resume_continues_a_run_exactly(tmp_path: Path) -> None:
-    def run(out: Path, epochs: int, *extra: str) -> dict[str, Any]:
-        code = cli.main(["run", "peaks", "--quick", "--epochs", str(epochs), "--method",
-                         "slimtrain,adam", "--out", str(out), "--no-progress", *extra])
-        assert code == 0
-        return json.loads((out / "summary.json").read_text())["methods"]
-
-    interrupted = tmp_path / "interrupted"
-    run(interrupted, 1)
-    assert sorted(p.name for p in (interrupted / "checkpoints").iterdir()) == [
-        "adam.pt", "slimtrain.pt"]
-    resumed = run(interrupted, 2, "--resume")
-    straight = run(tmp_path / "straight", 2)
-    for method in ("slimtrain", "adam"):
-        assert resumed[method]["val_loss"] == straight[method]["val_loss"]
-        assert resumed[method]["train_loss"] == straight[method]["train_loss"]
-    assert resumed["slimtrain"]["sum_lambda"] == straight["slimtrain"]["sum_lambda"]
-
-
-def test_cli_resume_needs_out(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["run", "peaks", "--resume", "--no-progress"])
-    assert exit_info.value.code == 2
-    assert "--resume continues the run in --out" in capsys.readouterr().err
-
-
-def _record_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[dict[str, Any]]:
-    """Replace ``experiments.<name>`` by a fake that records its keyword arguments."""
-    calls: list[dict[str, Any]] = []
-
-    def fake(**kwargs: Any) -> dict[str, Any]:
-        calls.append(kwargs)
-        return {"experiment": "fake"}
-
-    monkeypatch.setattr(experiments, name, fake)
-    return calls
-
-
-def test_cli_inverse_uses_run_inverse_defaults(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    calls = _record_calls(monkeypatch, "run_inverse")
-    assert cli.main(["run", "inverse", "--out", str(tmp_path), "--no-progress"]) == 0
-    assert calls[-1]["memory_depth"] is None  # None: run_inverse's own default
-    assert calls[-1]["batch_size"] is None and calls[-1]["epochs"] is None
-    assert cli.main(["run", "inverse", "--out", str(tmp_path), "--no-progress",
-                     "--memory-depth", "3", "--batch-size", "32", "--epochs", "2"]) == 0
-    assert (calls[-1]["memory_depth"], calls[-1]["batch_size"], calls[-1]["epochs"]) == (3, 32, 2)
-    capsys.readouterr()
-
-
-def test_cli_kernel_passes_only_the_given_options(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    calls = _record_calls(monkeypatch, "run_kernel_experiment")
-    assert cli.main(["run", "kernel", "--out", str(tmp_path), "--no-progress"]) == 0
-    assert "epochs" not in calls[-1] and "kernel" not in calls[-1]  # the function's defaults
-    assert calls[-1]["dataset"] == "digits"
-    assert cli.main(["run", "kernel", "--out", str(tmp_path), "--no-progress", "--epochs", "3",
-                     "--kernel", "laplacian"]) == 0
-    assert (calls[-1]["epochs"], calls[-1]["kernel"]) == (3, "laplacian")
-    capsys.readouterr()
-
-
-def test_cli_inverse_end_to_end_records_depth_4(tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["run", "inverse", "--epochs", "1", "--out", str(tmp_path),
-                     "--no-progress"]) == 0
-    config = json.loads((tmp_path / "summary.json").read_text())["config"]
-    assert config["memory_depth"] == DEFAULT_MEMORY_DEPTH == 4
-    assert config["batch_size"] == DEFAULT_BATCH_SIZE
-    assert config["passes"] == 1 != DEFAULT_PASSES
-    assert "slimTik + sGCV" in capsys.readouterr().out
-
-
-def test_cli_missing_data_folder_is_a_clear_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code = cli.main(["run", "autoencoder", "--data", "/nonexistent", "--out", str(tmp_path),
-                     "--no-progress"])
-    assert code != 0
-    err = capsys.readouterr().err
-    assert "slimtrain: error:" in err and "/nonexistent" in err and "does not exist" in err
-
-
-@pytest.mark.parametrize(
-    ("argv", "flag", "where"),
-    [
-        (["run", "inverse", "--lr", "0.1"], "--lr", "run inverse"),
-        (["run", "inverse", "--method", "adam"], "--method", "run inverse"),
-        (["run", "inverse", "--alpha", "0.5"], "--alpha", "run inverse"),
-        (["run", "inverse", "--quick"], "--quick", "run inverse"),
-        (["run", "kernel", "--method", "all"], "--method", "run kernel"),
-        (["run", "kernel", "--memory-depth", "3"], "--memory-depth", "run kernel"),
-        (["sweep", "peaks", "--lr", "0.1"], "--lr", "sweep peaks"),
-        (["sweep", "peaks", "--alpha", "0.1"], "--alpha", "sweep peaks"),
-        (["run", "peaks", "--data", "somewhere"], "--data", "run peaks"),
-        (["run", "cdr", "--kernel", "laplacian"], "--kernel", "run cdr"),
-    ],
-)
-def test_cli_rejects_options_that_do_not_apply(
-    argv: list[str], flag: str, where: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert f"{flag} does not apply to 'slimtrain {where}'" in err
-
-
-def test_cli_method_lists() -> None:
-    parser = cli.build_parser()
-    assert parser.parse_args(["run", "peaks", "--method", "all"]).method == list(METHODS)
-    args = parser.parse_args(["run", "peaks", "--method", "adam, slimtrain"])
-    assert args.method == ["adam", "slimtrain"]
-    assert parser.parse_args(["run", "peaks"]).method is None  # filled in as all by main
-    with pytest.raises(SystemExit):
-        parser.parse_args(["run", "peaks", "--method", "adam,bogus"])
+def test_val_rel_error_is_that_of_the_whole_set() -> None:
+    """Defect 5: ``||F - C||_F / ||C||_F`` of the validation set, not a mean of per-sample
+    ratios (312 on peaks, where targets come near zero)."""
+    setup = make_setup("peaks", quick=True)
+    result = run_methods(setup, ("adam",), TrainingOptions(epochs=1, batch_size=32))["adam"]
+    x = torch.stack([setup.val[i][0] for i in range(len(setup.val))])  # type: ignore[arg-type]
+    c = torch.stack([setup.val[i][1] for i in range(len(setup.val))])  # type: ignore[arg-type]
+    model = result.trainer.model.eval()
+    with torch.no_grad():
+        f = model(x.to(result.trainer.dtype)).double()
+    expected = float(torch.linalg.norm(f - c.double()) / torch.linalg.norm(c.double()))
+    assert result.history.records[-1]["val_rel_error"] == pytest.approx(expected, rel=1e-5)
+    assert expected < 1.5

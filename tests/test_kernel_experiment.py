@@ -4,33 +4,28 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from sklearn.kernel_ridge import KernelRidge
-from threadpoolctl import threadpool_limits
 
-from slimtrain.experiments.kernel import (
-    fit_kernel_ridge,
-    load_kernel_dataset,
-    run_kernel_experiment,
-)
+from slimtrain.experiments import run_experiment
+from slimtrain.experiments.kernel import KernelOptions
+from slimtrain.kernels.ridge import fit_kernel_ridge
+from slimtrain.problems.kernel_data import load_kernel_dataset
+
+pytestmark = pytest.mark.usefixtures("few_threads")
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 COLUMNS = ["epoch", "train_mse", "val_mse", "val_error", "epoch_time", "elapsed", "step_size"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _few_threads() -> Iterator[None]:
-    """Small problems: one torch thread, one BLAS thread (see test_eigenpro.py)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-    torch.set_num_threads(previous)
+def run_kernel_experiment(dataset: str = "digits", *, out_dir: Path, **options: Any
+                          ) -> dict[str, Any]:
+    """The experiment through its declaration and the report writer; the summary."""
+    return run_experiment("kernel", KernelOptions(dataset=dataset, **options), out_dir).summary
 
 
 def _read(out: Path) -> tuple[list[dict[str, str]], dict[str, object]]:
@@ -44,7 +39,7 @@ def _read(out: Path) -> tuple[list[dict[str, str]], dict[str, object]]:
 
 def test_digits_classification_report(tmp_path: Path) -> None:
     out = tmp_path / "digits"
-    summary = run_kernel_experiment("digits", epochs=3, out_dir=out, n_train=500, progress=False)
+    summary = run_kernel_experiment("digits", epochs=3, out_dir=out, n_train=500)
     rows, written = _read(out)
     assert written == json.loads(json.dumps(summary))
     assert list(rows[0]) == COLUMNS and [int(r["epoch"]) for r in rows] == [1, 2, 3]
@@ -68,7 +63,7 @@ def test_digits_classification_report(tmp_path: Path) -> None:
 
 def test_friedman_regression_report(tmp_path: Path) -> None:
     summary = run_kernel_experiment("friedman", kernel="laplacian", epochs=2, out_dir=tmp_path,
-                                    n_train=400, progress=False)
+                                    n_train=400)
     rows, _ = _read(tmp_path)
     assert [r["val_error"] for r in rows] == ["", ""]
     assert summary["config"]["task"] == "regression" and summary["config"]["bandwidth"] == 1.0
@@ -94,8 +89,8 @@ def test_cholesky_exact_solver_equals_kernel_ridge() -> None:
 
 
 def test_mnist_report(tmp_path: Path) -> None:
-    summary = run_kernel_experiment("mnist", data_dir=MNIST_DIR, epochs=2, out_dir=tmp_path,
-                                    n_train=600, progress=False)
+    summary = run_kernel_experiment("mnist", data=MNIST_DIR, epochs=2, out_dir=tmp_path,
+                                    n_train=600)
     rows, _ = _read(tmp_path)
     assert len(rows) == 2
     assert summary["config"]["n_train"] == 600 and summary["config"]["n_test"] == 2000
@@ -106,12 +101,12 @@ def test_mnist_report(tmp_path: Path) -> None:
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
         run_kernel_experiment("cifar", out_dir=tmp_path)
-    with pytest.raises(ValueError, match="dataset 'mnist' needs data_dir"):
+    with pytest.raises(ValueError, match="dataset 'mnist' needs --data"):
         run_kernel_experiment("mnist", out_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown kernel 'linear'"):
         run_kernel_experiment("digits", kernel="linear", out_dir=tmp_path)
-    with pytest.raises(ValueError, match="bandwidth must be a positive finite number"):
+    with pytest.raises(ValueError, match="bandwidth must be > 0"):
         run_kernel_experiment("digits", bandwidth=0.0, out_dir=tmp_path)
-    with pytest.raises(ValueError, match="epochs must be a positive int"):
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
         run_kernel_experiment("digits", epochs=0, out_dir=tmp_path)
     assert not any(tmp_path.iterdir())  # nothing written before the arguments were checked

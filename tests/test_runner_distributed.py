@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import socket
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from slimtrain import GradientTrainer, SeparableModel, SlimTikConfig
 from slimtrain.experiments import kernel as kernel_experiment
-from slimtrain.experiments import make_setup, runner
-from slimtrain.experiments.runner import MethodResult, RunConfig, run_methods
+from slimtrain.experiments import make_setup
+from slimtrain.experiments import methods as runner
+from slimtrain.experiments.options import TrainingOptions
+from slimtrain.experiments.registry import Session
+from slimtrain.experiments.runner import MethodResult, run_methods
 from slimtrain.training import distributed as dist_utils
 
 # ------------------------------------------------------------------------- device per rank
@@ -70,8 +74,8 @@ def test_make_trainer_places_model_and_ddp_on_the_local_rank_gpu(
 
     monkeypatch.setattr(runner.SeparableModel, "to", fake_to)
     monkeypatch.setattr(dist_utils, "data_parallel", fake_data_parallel)
-    config = RunConfig(epochs=1)
-    object.__setattr__(config, "device", "cuda")  # RunConfig refuses CUDA on this machine
+    config = TrainingOptions(epochs=1)
+    object.__setattr__(config, "device", "cuda")  # TrainingOptions refuses CUDA here
     features, head = make_setup("peaks", quick=True).build()
     runner.make_trainer("adam", features, head, config)
     assert placed == ["cuda:2"]
@@ -91,12 +95,11 @@ def test_kernel_experiment_computes_and_writes_on_rank_0_only(
         raise AssertionError("rank 1 loaded the data")
 
     monkeypatch.setattr(kernel_experiment, "load_kernel_dataset", no_data)
-    out = tmp_path / "kernel"
-    summary = kernel_experiment.run_kernel_experiment(out_dir=out, epochs=2, progress=False)
-    assert summary["experiment"] == "kernel" and "rank 0 only" in summary["skipped"]
-    assert not out.exists()
-    with pytest.raises(ValueError, match="epochs must be a positive int"):  # checked everywhere
-        kernel_experiment.run_kernel_experiment(out_dir=out, epochs=0)
+    result = kernel_experiment.run_kernel(kernel_experiment.KernelOptions(epochs=2), Session())
+    assert result.summary["experiment"] == "kernel" and "rank 0 only" in result.summary["skipped"]
+    assert result.metrics == [] and result.figures == {}
+    with pytest.raises(ValueError, match="epochs must be >= 1"):  # checked everywhere
+        kernel_experiment.KernelOptions(epochs=0)
 
 
 # ------------------------------------------------------------------------- checkpoint / resume
@@ -104,8 +107,9 @@ def test_kernel_experiment_computes_and_writes_on_rank_0_only(
 METHODS = ("slimtrain", "adam")
 
 
-def _config(epochs: int) -> RunConfig:
-    return RunConfig(epochs=epochs, batch_size=20, lr=1e-2, memory_depth=2)
+def _config(epochs: int) -> TrainingOptions:
+    return TrainingOptions(epochs=epochs, batch_size=20, lr=1e-2,
+                           slimtik=SlimTikConfig(memory_depth=2))
 
 
 def _assert_same_records(a: list[dict[str, float]], b: list[dict[str, float]]) -> None:
@@ -180,12 +184,6 @@ def test_resume_refuses_another_run(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------- two processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _summary(result: MethodResult) -> dict[str, Any]:
     model = result.trainer.model
     return {
@@ -226,10 +224,10 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
 
 @pytest.mark.timeout(300)
 def test_two_processes_write_on_rank_0_and_resume_in_the_same_configuration(
-    tmp_path: Path,
+    tmp_path: Path, free_port: int
 ) -> None:
     """DDP's ``features.module.*`` keys round-trip; only rank 0 writes the checkpoint."""
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port, str(tmp_path)), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert written == ["own0/slimtrain.pt", "rank0.pt", "rank1.pt", "shared/slimtrain.pt"]
@@ -243,3 +241,133 @@ def test_two_processes_write_on_rank_0_and_resume_in_the_same_configuration(
             assert torch.equal(result["resumed"]["state"][key], value), key
     for key, value in results[0]["resumed"]["state"].items():  # every rank holds the same model
         assert torch.equal(results[1]["resumed"]["state"][key], value), key
+
+
+# ------------------------------------------------------------------ every method, two processes
+
+ALL_METHODS = ("slimtrain", "slimtrain-prodigy", "adam", "prodigy", "schedulefree")
+
+
+def _plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's parameters and buffers under the single-process names (no DDP prefix)."""
+    return {k.replace(".module.", "."): v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _cdr_options() -> TrainingOptions:
+    return TrainingOptions(epochs=1, batch_size=8)
+
+
+def _cdr64() -> Any:
+    """The quick CDR setup with a float64 network: float32 rounding (1e-7) differs between
+    8 rows on one process and 4 + 4 on two, and slimTrain's sGCV choices and Adam's
+    normalised steps carry it to 1e-3 over 100 steps; in float64 the runs agree to 1e-12."""
+    setup = make_setup("cdr", quick=True)
+    build = setup.build
+    setup.build = lambda: tuple(m.double() for m in build())  # type: ignore[assignment]
+    return setup
+
+
+def _every_method_worker(rank: int, world: int, port: int, folder: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        results = run_methods(_cdr64(), ALL_METHODS, _cdr_options())
+        torch.save({m: {"val_loss": r.history.column("val_loss"),
+                        "state": _plain_state(r.trainer.model)} for m, r in results.items()},
+                   Path(folder) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def every_method_two_processes(
+    tmp_path_factory: pytest.TempPathFactory, cdr_cache: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every method on the CDR network, one epoch of 13 steps, in one process and in two."""
+    single = run_methods(_cdr64(), ALL_METHODS, _cdr_options())
+    folder = tmp_path_factory.mktemp("two")
+    with socket_port() as port:
+        mp.spawn(_every_method_worker, args=(2, port, str(folder)), nprocs=2, join=True)
+    ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return ({m: {"val_loss": r.history.column("val_loss"), "state": _plain_state(
+        r.trainer.model)} for m, r in single.items()}, ranks)
+
+
+class socket_port:  # noqa: N801  (a context manager used like a function)
+    """A free port (the fixture ``free_port`` is function-scoped; this one is for fixtures)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_every_rank_holds_the_same_parameters(
+    every_method_two_processes: tuple[dict[str, Any], list[dict[str, Any]]], method: str
+) -> None:
+    """Defect 1: the baselines' heads were trained apart (7.6e-2 after 5 steps)."""
+    _, ranks = every_method_two_processes
+    first, second = ranks[0][method]["state"], ranks[1][method]["state"]
+    assert list(first) == list(second)
+    for key in first:
+        assert torch.equal(first[key], second[key]), f"{method}: {key} differs across ranks"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_two_processes_match_one_for_every_method(
+    every_method_two_processes: tuple[dict[str, Any], list[dict[str, Any]]], method: str
+) -> None:
+    """Defect 6: the same global batches whatever the number of processes (a
+    DistributedSampler drew another order: 10 % apart after one epoch)."""
+    single, ranks = every_method_two_processes
+    np.testing.assert_allclose(ranks[0][method]["val_loss"], single[method]["val_loss"],
+                               rtol=1e-10)
+    for key, value in single[method]["state"].items():
+        torch.testing.assert_close(ranks[0][method]["state"][key], value, rtol=1e-8,
+                                   atol=1e-10, msg=f"{method}: {key}")
+
+
+def _nan_worker(rank: int, world: int, port: int, folder: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = SeparableModel(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh()),
+                               torch.nn.Linear(4, 2))
+        dist_utils.data_parallel(model)
+        trainer = GradientTrainer(model, torch.optim.Adam(model.parameters(), lr=1e-2))
+        x, y = torch.randn(4, 3), torch.randn(4, 2)
+        bad = x.clone()
+        bad[0, 0] = math.nan
+        report: dict[str, Any] = {}
+        try:
+            trainer.step(bad if rank == 1 else x, y)
+        except ValueError as error:
+            report["message"] = str(error)
+        trainer.step(x, y)  # the processes are still in step
+        report["state"] = _plain_state(model)
+        torch.save(report, Path(folder) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_gradient_trainer_rejects_a_bad_shard_on_every_rank(tmp_path: Path,
+                                                           free_port: int) -> None:
+    """Defect 5: NaN on one rank left rank 0 with gloo's 'Connection closed by peer'."""
+    mp.spawn(_nan_worker, args=(2, free_port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert "process 1 rejected" in ranks[0]["message"]
+    assert "non-finite" in ranks[1]["message"] or "NaN" in ranks[1]["message"]
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(ranks[1]["state"][key], value), key

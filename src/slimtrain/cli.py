@@ -1,320 +1,246 @@
 """Command line: ``slimtrain demo``, ``slimtrain run EXPERIMENT``, ``slimtrain sweep EXPERIMENT``.
 
-The only module that prints. Nothing in the package imports it.
+Subcommands, options, their help (with the real defaults) and which option applies where come
+from the experiments' declarations (:data:`slimtrain.experiments.REGISTRY`). The only module
+that prints; nothing in the package imports it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
-import math
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from slimtrain.experiments.inverse import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MEMORY_DEPTH,
-    DEFAULT_PASSES,
-)
-from slimtrain.experiments.runner import METHODS, RunConfig, default_out_dir
+from slimtrain import __version__
+from slimtrain.experiments import REGISTRY, TRAINING_EXPERIMENTS, build_options, run_experiment
+from slimtrain.experiments.execute import identity
+from slimtrain.experiments.registry import Experiment, option_fields
+from slimtrain.experiments.report import prepare_output
 
-EXPERIMENTS = ("cdr", "peaks", "autoencoder", "inverse", "kernel")
-TRAINING_EXPERIMENTS = ("cdr", "peaks", "autoencoder")
-
-
-def _methods(text: str) -> list[str]:
-    if text == "all":
-        return list(METHODS)
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise argparse.ArgumentTypeError(
-            f"unknown method(s) {bad}; expected 'all' or a comma-separated subset of "
-            f"{', '.join(METHODS)}"
-        )
-    return methods
+#: Set by the launcher for the processes it starts: the output folder is checked already.
+_CHECKED = "SLIMTRAIN_OUTPUT_CHECKED"
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, found {text!r}"
-        ) from error
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def _training_options(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
-    # Options default to None (flags to False) so that main() can tell a given option from an
-    # absent one: absent ones take the experiment's own default, given ones that the experiment
-    # does not use are an error (see _check_applicable). The sweep sets --lr and --alpha per
-    # cell: it accepts them only to reject them with that reason, and hides them from --help.
-    parser.add_argument("--epochs", type=int,
-                        help="epochs; passes of fresh measurements for inverse (default: the "
-                        f"experiment's, {DEFAULT_PASSES} for inverse)")
-    parser.add_argument("--batch-size", type=int,
-                        help="global batch size; rows per minibatch for inverse (default: the "
-                        f"experiment's, {DEFAULT_BATCH_SIZE} for inverse)")
-    parser.add_argument("--lr", type=float, default=None,
-                        help=argparse.SUPPRESS if sweep else f"Adam learning rate (default "
-                        f"{RunConfig.lr:g}; training experiments only)")
-    parser.add_argument("--alpha", type=float, default=None,
-                        help=argparse.SUPPRESS if sweep else f"weight decay on the optimized "
-                        f"parameters (default {RunConfig.alpha:g}; training experiments only)")
-    parser.add_argument("--memory-depth", type=int, default=None,
-                        help=f"slimTik memory depth r (default {RunConfig.memory_depth} for the "
-                        f"training experiments, {DEFAULT_MEMORY_DEPTH} for inverse)")
-    parser.add_argument("--initial-lambda", type=float, default=None,
-                        help=f"slimTik initial Lambda (default {RunConfig.initial_lambda:g}; "
-                        "training experiments only)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", type=Path, default=None,
-                        help="folder with MNIST IDX files (autoencoder, kernel)")
-    parser.add_argument("--device", default=None,
-                        help=f"cpu or cuda[:i] (default {RunConfig.device}; training "
-                        "experiments only)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a small, fast version (training experiments only)")
+def _text(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(_text(v) for v in value)
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def _parser_of(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_or_explain(text: str) -> Any:
+        try:
+            return parse(text)
+        except (ValueError, TypeError) as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return parse_or_explain
+
+
+def _add_options(parser: argparse.ArgumentParser, experiment: Experiment,
+                 defaults: dict[str, Any], quick: dict[str, Any] | None) -> None:
+    for option in option_fields(experiment.options, defaults):
+        text = option.help
+        if isinstance(option.default, bool):
+            parser.add_argument(_flag(option.flag), dest=option.name, action="store_true",
+                                default=None, help=text)
+            continue
+        shown = "none" if option.default is None else _text(option.default)
+        if quick and option.name in quick and quick[option.name] != option.default:
+            shown += f"; {_text(quick[option.name])} with --quick"
+        parse = option.parse or type(option.default)
+        parser.add_argument(_flag(option.flag), dest=option.name, type=_parser_of(parse),
+                            default=None, metavar=option.name.upper(),
+                            help=f"{text} (default: {shown})")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default runs/<experiment>-<timestamp>)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--nproc", type=int, default=None,
-                        help="start this many data-parallel processes with torchrun (training "
-                        "experiments only)")
+                        help="output folder (default: runs/<experiment>-<timestamp>); a folder "
+                        "with results is refused unless --resume or --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the results in --out first")
+    if experiment.resumable:
+        parser.add_argument("--resume", action="store_true",
+                            help="continue the run in --out from its checkpoints (the same "
+                            "data and options; --epochs may grow, --method may be a subset)")
+    if experiment.distributed:
+        parser.add_argument("--nproc", type=int, default=None, help="start this many "
+                            "data-parallel processes with torchrun (default: 1)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (one line per epoch instead)")
 
 
-def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    parser = argparse.ArgumentParser(
-        prog="slimtrain",
-        description="slimTrain and EigenPro experiments: each writes metrics.csv, summary.json "
-        "and PNG plots to its output folder.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    demo = sub.add_parser("demo", help="CDR surrogate: slimTrain against Adam, Prodigy and "
-                          "schedule-free AdamW (about 2 minutes; --quick under 30 s)")
-    demo.add_argument("--quick", action="store_true")
-    demo.add_argument("--out", type=Path, default=None)
-    demo.add_argument("--no-progress", action="store_true")
-
-    run = sub.add_parser("run", help="one experiment")
-    run.add_argument("experiment", choices=EXPERIMENTS)
-    run.add_argument("--method", type=_methods, default=None,
-                     help="'all' (default) or a comma-separated subset of " + ", ".join(METHODS)
-                     + " (training experiments only)")
-    _training_options(run)
-    run.add_argument("--kernel", default=None, help="kernel experiment: gaussian (default), "
-                     "laplacian or cauchy")
-    run.add_argument("--bandwidth", type=float, default=None,
-                     help="kernel bandwidth (default: 5 for digits and MNIST, 1 for friedman)")
-    run.add_argument("--resume", action="store_true",
-                     help="training experiments: continue the run in --out from the checkpoints "
-                     "it wrote to OUT/checkpoints after every epoch (same settings and number "
-                     "of processes; --epochs may grow)")
-    run.add_argument("--dataset", default=None,
-                     help="kernel experiment: digits, mnist or friedman (default: mnist with "
-                     "--data, else digits)")
-
-    sweep = sub.add_parser("sweep", help="sensitivity grid over learning rate and "
-                           "regularization for slimTrain and Adam")
-    sweep.add_argument("experiment", choices=TRAINING_EXPERIMENTS)
-    sweep.add_argument("--lrs", type=_floats, default=[1e-3, 1e-2, 1e-1])
-    sweep.add_argument("--regs", type=_floats, default=[1e-10, 1e-5, 1e-1])
-    sweep.add_argument("--methods", type=_methods, default=["slimtrain", "adam"])
-    _training_options(sweep, sweep=True)
-    return parser, {"demo": demo, "run": run, "sweep": sweep}
+def _subject(experiment: Experiment) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    return dict(experiment.defaults), (dict(experiment.quick) if experiment.quick else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and documentation)."""
-    return _build_parsers()[0]
+    """The argument parser, built from the registry (exposed for tests and documentation)."""
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="slimtrain", allow_abbrev=False,
+        description="slimTrain and EigenPro experiments: each writes metrics.csv, summary.json "
+        "and PNG figures to its output folder.")
+    parser.add_argument("--version", action="version", version=f"slimtrain {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", allow_abbrev=False, formatter_class=formatter,
+                               help="the CDR surrogate with every method (about 2 minutes; "
+                               "--quick under 30 s)")
+    demo.add_argument("--quick", action="store_true", help="a small, fast version")
+    demo.add_argument("--out", type=Path, default=None, help="output folder (default: "
+                      "runs/demo-<timestamp>)")
+    demo.add_argument("--overwrite", action="store_true", help="delete the results in --out")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run = commands.add_parser("run", help="one experiment; 'slimtrain run NAME --help' shows "
+                              "its options and defaults")
+    runs = run.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    for name, experiment in REGISTRY.items():
+        if name != "sweep":
+            sub = runs.add_parser(name, help=experiment.description, allow_abbrev=False,
+                                  description=experiment.description)
+            _add_options(sub, experiment, *_subject(experiment))
+    sweep = commands.add_parser("sweep", help=REGISTRY["sweep"].description)
+    sweeps = sweep.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    for name in TRAINING_EXPERIMENTS:
+        sub = sweeps.add_parser(name, help=f"the sweep of {name}", allow_abbrev=False,
+                                description=REGISTRY["sweep"].description)
+        _add_options(sub, REGISTRY["sweep"], *_subject(REGISTRY[name]))
+    return parser
 
 
-_COMMON = frozenset({"seed", "out", "no_progress"})
-_TRAINING = _COMMON | {"epochs", "batch_size", "lr", "alpha", "memory_depth", "initial_lambda",
-                       "device", "quick", "nproc"}
-
-# Why an option does not apply, where more can be said than "it is not used".
-_WHY = {
-    ("sweep", "lr"): "the sweep sets each cell's learning rate from --lrs",
-    ("sweep", "alpha"): "the sweep sets each cell's weight decay from --regs",
-    ("inverse", "lr"): "slimTik has no learning rate and minibatch SGD takes the step 1/L",
-    ("inverse", "method"): "it always compares slimTik + sGCV, the best fixed Tikhonov "
-    "solution and minibatch SGD",
-    ("inverse", "alpha"): "slimTik chooses its regularization by sGCV",
-    ("inverse", "initial_lambda"): "it starts slimTik from Lambda = 1e-10",
-    ("kernel", "method"): "it always compares EigenPro with exact kernel ridge regression",
-    ("kernel", "batch_size"): "EigenPro chooses its batch size",
-}
+def _subparser(parser: argparse.ArgumentParser, *names: str) -> argparse.ArgumentParser:
+    for name in names:
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        parser = actions[0].choices[name] if actions and name in actions[0].choices else parser
+    return parser
 
 
-def _applicable(command: str, experiment: str) -> frozenset[str]:
-    """The options (``dest`` names) that ``slimtrain COMMAND EXPERIMENT`` uses."""
-    if command == "sweep":
-        options = (_TRAINING - {"lr", "alpha"}) | {"lrs", "regs", "methods"}
-    elif experiment == "inverse":
-        options = _COMMON | {"epochs", "batch_size", "memory_depth"}
-    elif experiment == "kernel":
-        options = _COMMON | {"epochs", "data", "dataset", "kernel", "bandwidth"}
+def _refuse_foreign(args: argparse.Namespace, extra: list[str],
+                    parser: argparse.ArgumentParser) -> None:
+    """``parser.error`` (exit 2) for options that this experiment does not have."""
+    command = args.command if args.command == "demo" else f"{args.command} {args.experiment}"
+    sub = _subparser(parser, *command.split())
+    experiment = REGISTRY["sweep" if args.command == "sweep" else getattr(args, "experiment",
+                                                                          "cdr")]
+    own = ", ".join(a.option_strings[-1] for a in sub._actions if a.option_strings
+                    and a.option_strings[-1].startswith("--") and a.dest != "help")
+    for token in extra:
+        flag = token.split("=")[0]
+        dest = flag.lstrip("-").replace("-", "_")
+        why = experiment.why_not.get(dest) or (
+            "it is an option of other experiments" if flag.startswith("--") else "")
+        sub.error(f"{flag} does not apply to 'slimtrain {command}'"
+                  + (f": {why}" if why else "") + f". Its options are {own}.")
+
+
+def _options(args: argparse.Namespace) -> tuple[str, Experiment, Any]:
+    if args.command == "demo":
+        name, given = "cdr", {"quick": args.quick}
     else:
-        options = _TRAINING | {"method", "resume"}
-    if experiment == "autoencoder":
-        options |= {"data"}
-    return frozenset(options)
+        name = "sweep" if args.command == "sweep" else args.experiment
+        given = {o.name: getattr(args, o.name) for o in option_fields(REGISTRY[name].options)
+                 if getattr(args, o.name, None) is not None}
+    experiment = REGISTRY[name]
+    quick = bool(given.get("quick", False))
+    subject = REGISTRY[args.experiment] if args.command == "sweep" else experiment
+    defaults = {**subject.defaults, **((subject.quick or {}) if quick else {})}
+    names = {o.name for o in option_fields(experiment.options)}
+    given = {**{k: v for k, v in defaults.items() if k in names}, **given}
+    has_subject = "experiment" in {f.name for f in dataclasses.fields(experiment.options)}
+    fixed = {"experiment": getattr(args, "experiment", name)} if has_subject else {}
+    return name, experiment, build_options(experiment, given, quick, fixed)
 
 
-def _flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
-
-
-def _check_applicable(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """``parser.error`` (exit status 2) for a given option the experiment would not use."""
-    if args.command not in ("run", "sweep"):
-        return
-    usable = _applicable(args.command, args.experiment)
-    given = [dest for dest, value in vars(args).items()
-             if dest not in ("command", "verbose", "experiment")
-             and value is not None and value is not False]
-    for dest in given:
-        if dest in usable:
-            continue
-        where = f"'slimtrain {args.command} {args.experiment}'"
-        why = _WHY.get((args.experiment if args.command == "run" else "sweep", dest))
-        if why is None and dest == "data":
-            why = "only the autoencoder and kernel experiments read a data folder"
-        if why is None and dest in ("kernel", "bandwidth", "dataset"):
-            why = "it is an option of 'slimtrain run kernel'"
-        options = ", ".join(_flag(d) for d in vars(args) if d in usable)
-        parser.error(f"{_flag(dest)} does not apply to {where}"
-                     + (f": {why}" if why else "") + f". Its options are {options}.")
-    if args.nproc is not None and args.nproc < 1:
-        parser.error(f"--nproc must be >= 1, found {args.nproc}")
-
-
-def _config(args: argparse.Namespace, defaults: dict[str, Any]) -> RunConfig:
-    """RunConfig of the given options; absent ones take ``defaults`` (the experiment's epochs
-    and batch size), then RunConfig's own defaults."""
-    names = ("epochs", "batch_size", "lr", "alpha", "memory_depth", "initial_lambda", "seed",
-             "device")
-    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    return RunConfig(**{**defaults, **given})
-
-
-def _relaunch_with_torchrun(nproc: int, argv: Sequence[str]) -> int:
-    rest = []
-    skip = False
-    for i, token in enumerate(argv):
-        if skip:
-            skip = False
-            continue
-        if token == "--nproc":
-            skip = True
-            continue
-        if token.startswith("--nproc="):
-            continue
-        rest.append(argv[i])
+def _launch(nproc: int, argv: Sequence[str], out: Path) -> int:
+    """Run the same command under torchrun; its processes' errors as one line each."""
+    rest = [t for i, t in enumerate(argv) if not (t == "--nproc" or t.startswith("--nproc=")
+                                                  or (i and argv[i - 1] == "--nproc"))]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", "-m", "slimtrain", *rest]
+    if not any(t == "--out" or t.startswith("--out=") for t in rest):
+        command += ["--out", str(out)]  # the timestamped default, the same for every process
     print("launching:", " ".join(command), flush=True)
-    return subprocess.call(command)
-
-
-def _print_table(summary: dict[str, Any]) -> None:
-    methods = summary.get("methods", {})
-    if not methods:
-        return
-    print(f"\n{summary.get('experiment', '')}: {summary.get('config', {}).get('loss', '')}")
-    header = f"{'method':<20} {'best val loss':>14} {'final val loss':>15} {'val rel err':>12} " \
-             f"{'Lambda':>10} {'seconds':>8}"
-    print(header)
-    print("-" * len(header))
-    for method, m in methods.items():
-        rel = m["val_rel_error"][-1]
-        lam = m["sum_lambda"][-1]
-        print(f"{method:<20} {_fmt(m['best_val_loss']):>14} {_fmt(m['val_loss'][-1]):>15} "
-              f"{_fmt(rel):>12} {_fmt(lam):>10} {m.get('seconds', math.nan):>8.1f}")
-
-
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.4g}"
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, _CHECKED: "1"})
+    tail: list[str] = []
+    said: set[str] = set()
+    for line in process.stderr or ():
+        if line.startswith("slimtrain:") and line not in said:
+            said.add(line)
+            sys.stderr.write(line)
+        tail = (tail + [line])[-15:]
+    code = process.wait()
+    if code and not said:
+        sys.stderr.write("".join(tail))
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``slimtrain`` console script and ``python -m slimtrain``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, subparsers = _build_parsers()
-    args = parser.parse_args(argv)
-    _check_applicable(args, subparsers[args.command])
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _refuse_foreign(args, extra, parser)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if (getattr(args, "nproc", None) or 1) > 1 and "WORLD_SIZE" not in os.environ:
-        return _relaunch_with_torchrun(args.nproc, argv)
-
-    from slimtrain import experiments
     from slimtrain.training.distributed import init_from_env, is_main_process
 
-    init_from_env(getattr(args, "device", None) or RunConfig.device)
-    progress = not args.no_progress and is_main_process()
     try:
-        if args.command == "demo":
-            out = args.out or default_out_dir("demo")
-            summary = experiments.run_demo(quick=args.quick, out_dir=out, progress=progress)
-        elif args.command == "run" and args.experiment == "kernel":
-            dataset = args.dataset or ("mnist" if args.data else "digits")
-            out = args.out or default_out_dir("kernel")
-            # Absent options take run_kernel_experiment's own defaults.
-            optional = {k: getattr(args, k) for k in ("kernel", "epochs")
-                        if getattr(args, k) is not None}
-            summary = experiments.run_kernel_experiment(
-                dataset=dataset, data_dir=args.data, bandwidth=args.bandwidth, out_dir=out,
-                seed=args.seed, progress=progress, **optional,
-            )
-        elif args.command == "run" and args.experiment == "inverse":
-            out = args.out or default_out_dir("inverse")
-            # None (an absent option) takes run_inverse's own default.
-            summary = experiments.run_inverse(
-                out_dir=out, seed=args.seed, memory_depth=args.memory_depth,
-                batch_size=args.batch_size, epochs=args.epochs, progress=progress,
-            )
-        elif args.command == "run":
-            defaults = experiments.experiment_defaults(args.experiment, quick=args.quick)
-            config = _config(args, defaults)
-            if args.resume and args.out is None:
-                subparsers["run"].error("--resume continues the run in --out DIR; give --out")
-            out = args.out or default_out_dir(args.experiment)
-            methods = args.method if args.method is not None else list(METHODS)
-            summary = experiments.run_experiment(
-                args.experiment, methods, config, out_dir=out, data_dir=args.data,
-                quick=args.quick, progress=progress, checkpoint_dir=Path(out) / "checkpoints",
-                resume=args.resume,
-            )
-        else:
-            defaults = experiments.experiment_defaults(args.experiment, quick=args.quick)
-            config = _config(args, defaults)
-            out = args.out or default_out_dir(f"sweep-{args.experiment}")
-            summary = experiments.run_sweep(
-                args.experiment, config, lrs=args.lrs, regs=args.regs, methods=args.methods,
-                out_dir=out, data_dir=args.data, quick=args.quick, progress=progress,
-            )
+        name, experiment, options = _options(args)
+        label = "demo" if args.command == "demo" else name if name != "sweep" else \
+            f"sweep-{args.experiment}"
+        out = args.out or Path("runs") / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+        resume = bool(getattr(args, "resume", False))
+        if resume and args.out is None:
+            raise ValueError("--resume continues the run in --out DIR; give --out")
+        nproc = getattr(args, "nproc", None) or 1
+        if nproc < 1:
+            raise ValueError(f"--nproc must be >= 1, found {nproc}")
+        batch = getattr(getattr(options, "training", None), "batch_size", nproc)
+        if batch % nproc:
+            raise ValueError(f"--batch-size {batch} is not divisible by --nproc {nproc}: every "
+                             f"process takes an equal share of each batch; choose a multiple "
+                             f"of {nproc}")
+        # checked once: by the launcher, or by rank 0 of a process group started otherwise
+        if os.environ.get(_CHECKED) != "1" and os.environ.get("RANK", "0") == "0":
+            prepare_output(out, identity(name, options), resume=resume,
+                           overwrite=args.overwrite, changeable=experiment.resume_may_change)
+        if nproc > 1 and "WORLD_SIZE" not in os.environ:
+            return _launch(nproc, argv, out)
+        init_from_env(getattr(getattr(options, "training", None), "device", "cpu"))
+        main_process = is_main_process()
+        notice = experiment.notice(options) if experiment.notice else None
+        if notice and main_process:
+            print(notice, flush=True)
+        progress = not args.no_progress and main_process and sys.stderr.isatty()
+        echo = None if progress or not main_process else (lambda line: print(line, flush=True))
+        result = run_experiment(name, options, out, resume=resume, overwrite=args.overwrite,
+                                progress=progress, echo=echo, output_checked=True)
     except (ValueError, TypeError, FileNotFoundError) as error:
         if is_main_process():
             print(f"slimtrain: error: {error}", file=sys.stderr)
         return 2
-    if is_main_process():
-        if args.command == "sweep":
-            print(experiments.sweep_table(summary))
-        elif "methods" in summary:
-            _print_table(summary)
-        else:
-            print(experiments.format_summary(summary))
-        print(f"\nwrote {out}/ (metrics.csv, summary.json, plots)")
+    except OSError as error:  # a failed write: full disk, permissions, a folder in the way
+        if is_main_process():
+            print(f"slimtrain: error: could not write the results ({error}); free space or "
+                  "choose another --out, then --resume", file=sys.stderr)
+        return 1
+    if main_process:
+        if notice:
+            print(f"\n({notice})")
+        print(result.table)
+        written = ", ".join(["metrics.csv", "summary.json", *result.figures])
+        print(f"\nwrote {out}/ ({written})")
     return 0
 
 

@@ -1,18 +1,30 @@
-"""PNG plots of experiment results (matplotlib, Agg backend; nothing is shown on screen)."""
+"""Figures of experiment results: :class:`matplotlib.figure.Figure` objects, drawn by the Agg
+canvas when saved (:func:`save_figure`). No pyplot, no global backend: nothing is shown on
+screen and importing this module changes no matplotlib state."""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO, Any
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from slimtrain._io import atomic_write
 
-__all__ = ["plot_loss_curves", "plot_lambda", "plot_reconstructions", "plot_sweep_heatmaps"]
+__all__ = [
+    "new_figure",
+    "plot_lambda",
+    "plot_loss_curves",
+    "plot_reconstructions",
+    "plot_sweep_heatmaps",
+    "save_figure",
+]
 
 _STYLE = {
     "slimtrain": ("C0", "slimTrain + Adam"),
@@ -30,12 +42,11 @@ def _label(method: str) -> tuple[str | None, str]:
 
 def plot_loss_curves(
     methods: Mapping[str, Mapping[str, Sequence[float]]],
-    path: str | Path,
     title: str = "",
     ylabel: str = "loss",
-) -> Path:
+) -> Figure:
     """Validation (solid) and training (dashed) loss per epoch of every method, log scale."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = new_figure(figsize=(6.4, 4.2))
     for method, curves in methods.items():
         color, label = _label(method)
         val = np.asarray(curves.get("val_loss", []), dtype=float)
@@ -51,14 +62,14 @@ def plot_loss_curves(
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return fig
 
 
 def plot_lambda(
-    traces: Mapping[str, Sequence[float]], path: str | Path, title: str = "", xlabel: str = "step"
-) -> Path:
+    traces: Mapping[str, Sequence[float]], title: str = "", xlabel: str = "step"
+) -> Figure:
     """The cumulative regularization Lambda over steps (log scale) for each slimTrain run."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = new_figure(figsize=(6.4, 4.2))
     for method, trace in traces.items():
         color, label = _label(method)
         values = np.asarray(trace, dtype=float)
@@ -70,19 +81,18 @@ def plot_lambda(
     ax.grid(True, which="both", alpha=0.3)
     if traces:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return fig
 
 
 def plot_reconstructions(
     targets: np.ndarray,
     predictions: Mapping[str, np.ndarray],
-    path: str | Path,
     title: str = "",
-) -> Path:
+) -> Figure:
     """Rows: the targets, then each method's reconstructions; images ``(n, H, W)``."""
     rows = 1 + len(predictions)
     n = targets.shape[0]
-    fig, axes = plt.subplots(rows, n, figsize=(1.1 * n, 1.2 * rows), squeeze=False)
+    fig, axes = new_figure(rows, n, figsize=(1.1 * n, 1.2 * rows), squeeze=False)
     vmin, vmax = float(targets.min()), float(targets.max())
     names = ["target", *predictions]
     images = [targets, *predictions.values()]
@@ -95,16 +105,15 @@ def plot_reconstructions(
             if c == 0:
                 ax.set_ylabel(_label(name)[1], fontsize=6, rotation=0, ha="right", va="center")
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return fig
 
 
 def plot_sweep_heatmaps(
     grids: Mapping[str, np.ndarray],
     lrs: Sequence[float],
     regs: Sequence[float],
-    path: str | Path,
     title: str = "final validation loss",
-) -> Path:
+) -> Figure:
     """Heatmaps of the final validation loss over (learning rate, regularization), one panel a
     method, side by side with one shared log colour scale.
 
@@ -113,8 +122,8 @@ def plot_sweep_heatmaps(
     values = np.concatenate([np.asarray(g, dtype=float).ravel() for g in grids.values()])
     finite = values[np.isfinite(values) & (values > 0)]
     lo, hi = (finite.min(), finite.max()) if finite.size else (1.0, 10.0)
-    norm = matplotlib.colors.LogNorm(vmin=lo, vmax=max(hi, lo * 1.0001))
-    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids) + 1.0, 3.6),
+    norm = LogNorm(vmin=lo, vmax=max(hi, lo * 1.0001))
+    fig, axes = new_figure(1, len(grids), figsize=(4.2 * len(grids) + 1.0, 3.6),
                              squeeze=False, layout="constrained")
     image = None
     for k, (ax, (method, grid)) in enumerate(zip(axes[0], grids.items(), strict=True)):
@@ -134,12 +143,21 @@ def plot_sweep_heatmaps(
         ax.set_title(_label(method)[1])
     if image is not None:
         fig.colorbar(image, ax=axes[0].tolist(), shrink=0.85, label=title)
-    return _save(fig, path)
+    return fig
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return target
+def new_figure(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
+    """A figure on the Agg canvas and its axes (``Figure.subplots``); ``figsize`` and
+    ``layout`` go to the figure, the rest to ``subplots``."""
+    figure = Figure(figsize=kwargs.pop("figsize", None), layout=kwargs.pop("layout", None))
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(nrows, ncols, **kwargs)
+
+
+def save_figure(figure: Figure, path: str | os.PathLike[str]) -> Path:
+    """Write ``figure`` as PNG (atomically)."""
+
+    def write(handle: IO[Any]) -> None:
+        figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
+
+    return atomic_write(path, write, binary=True)

@@ -19,12 +19,9 @@ after the first pass next to the final one, so this is visible rather than hidde
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,50 +29,47 @@ import torch
 from tqdm.auto import tqdm
 
 from slimtrain import plots
-from slimtrain.experiments.runner import _json_safe
+from slimtrain._validation import check_int, check_real
+from slimtrain.experiments.registry import Experiment, Result, Session, register
+from slimtrain.experiments.tables import inverse_table
 from slimtrain.linalg.solver import SlimTik
 from slimtrain.problems.inverse import make_deblur_problem
 
-__all__ = [
-    "DEFAULT_BATCH_SIZE",
-    "DEFAULT_MEMORY_DEPTH",
-    "DEFAULT_PASSES",
-    "format_inverse",
-    "run_inverse",
-]
-
-#: Rows per minibatch of :func:`run_inverse` (and ``slimtrain run inverse``) by default.
-DEFAULT_BATCH_SIZE = 64
-#: slimTik memory depth by default: 4 earlier batches of 64 rows plus the current one, 320 rows,
-#: exceed the 256 unknowns, and the memory reaches back no further than one pass (256 rows).
-DEFAULT_MEMORY_DEPTH = 4
-#: Passes of fresh measurements by default.
-DEFAULT_PASSES = 10
+__all__ = ["InverseOptions", "run_inverse"]
 
 
-def run_inverse(
-    out_dir: str | os.PathLike[str] = "runs/inverse",
-    seed: int = 0,
-    n: int = 256,
-    noise: float = 0.01,
-    memory_depth: int | None = None,
-    batch_size: int | None = None,
-    epochs: int | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run the comparison and write ``metrics.csv``, ``summary.json``, ``inverse.png``.
+@dataclass(frozen=True)
+class InverseOptions:
+    """The streaming deblurring comparison.
 
-    Defaults: batch 64 rows, memory depth 4 (the rows in memory, 320, exceed the 256 unknowns,
-    so sGCV is defined from the fifth step on, and the memory stays within one pass), 10 passes
-    of fresh measurements, ``reduction="sum"`` (every row weighs the same).
+    The default memory depth 4: 4 earlier batches of 64 rows plus the current one, 320 rows,
+    exceed the 256 unknowns (so sGCV is defined from the fifth step on), and the memory reaches
+    back no further than one pass (256 rows).
     """
-    batch = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-    depth = DEFAULT_MEMORY_DEPTH if memory_depth is None else memory_depth
-    passes = DEFAULT_PASSES if epochs is None else epochs
-    for name, value, least in (("batch_size", batch, 1), ("memory_depth", depth, 0),
-                               ("epochs", passes, 1), ("n", n, 2)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an int >= {least}, found {value!r}")
+
+    epochs: int = field(default=10, metadata={"help": "passes of fresh measurements"})
+    batch_size: int = field(default=64, metadata={"help": "rows per minibatch"})
+    memory_depth: int = field(default=4, metadata={"help": "slimTik memory depth r"})
+    seed: int = field(default=0, metadata={"help": "seed of the noise and the row order"})
+    n: int = field(default=256, metadata={"cli": False})
+    noise: float = field(default=0.01, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        check_int("epochs", self.epochs, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_int("memory_depth", self.memory_depth, minimum=0)
+        check_int("seed", self.seed, minimum=0)
+        check_int("n", self.n, minimum=2)
+        check_real("noise", self.noise, minimum=0.0)
+
+
+def run_inverse(options: InverseOptions, session: Session) -> Result:
+    """Run the comparison: ``metrics.csv`` rows per step, the summary and ``inverse.png``.
+
+    slimTik runs with ``reduction="sum"`` (every row weighs the same).
+    """
+    n, noise, seed, progress = options.n, options.noise, options.seed, session.progress
+    batch, depth, passes = options.batch_size, options.memory_depth, options.epochs
     problem = make_deblur_problem(n=n, noise=noise, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     # The measurement stream: every pass is a new noisy realisation, visited in random order.
@@ -151,22 +145,16 @@ def run_inverse(
                     "step_size": 1.0 / lipschitz, "seconds": sgd_time},
         },
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "metrics.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["step", "epoch", "slimtik_rel_error", "sum_lambda", "sgd_rel_error"])
-        for k, (row, sgd) in enumerate(zip(trace, sgd_errors, strict=True), start=1):
-            writer.writerow([k, row["epoch"], row["rel_error"], row["sum_lambda"], sgd])
-    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
-    _plot(problem, x_slim, x_tik, x_sgd, trace, sgd_errors, errors[best], out / "inverse.png")
-    return summary
+    rows = [{"step": k, "epoch": row["epoch"], "slimtik_rel_error": row["rel_error"],
+             "sum_lambda": row["sum_lambda"], "sgd_rel_error": sgd}
+            for k, (row, sgd) in enumerate(zip(trace, sgd_errors, strict=True), start=1)]
+    figure = _plot(problem, x_slim, x_tik, x_sgd, trace, sgd_errors, errors[best])
+    return Result(summary, rows, {"inverse.png": figure}, inverse_table(summary))
 
 
-def _plot(problem, x_slim, x_tik, x_sgd, trace, sgd_errors, tik_error, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+def _plot(problem: Any, x_slim: Any, x_tik: Any, x_sgd: Any, trace: list[dict[str, Any]],
+          sgd_errors: list[float], tik_error: float) -> Any:
+    fig, axes = plots.new_figure(1, 3, figsize=(14, 3.8))
     t = problem.t.numpy()
     ax = axes[0]
     ax.plot(t, problem.x_true.numpy(), "k", lw=2, label="true signal")
@@ -186,30 +174,14 @@ def _plot(problem, x_slim, x_tik, x_sgd, trace, sgd_errors, tik_error, path: Pat
     axes[2].set_title("relative error")
     axes[2].set_xlabel("step")
     axes[2].legend(fontsize=7)
-    plots._save(fig, path)
+    return fig
 
 
-def format_inverse(summary: dict[str, Any]) -> str:
-    """The inverse problem's result table as text."""
-    r = summary["results"]
-    lines = [
-        f"inverse: 1-D deblurring, n={summary['config']['n']}, noise "
-        f"{100 * summary['config']['noise']:g} %, {summary['config']['passes']} passes of fresh "
-        f"measurements, {summary['config']['steps']} minibatch steps",
-        f"{'method':<38} {'rel. error':>10} {'parameter':>22} {'seconds':>8}",
-        f"{'slimTik + sGCV (no tuning)':<38} {r['slimtik_sgcv']['rel_error']:>10.4f} "
-        f"{'Lambda=' + format(r['slimtik_sgcv']['sum_lambda'], '.3g'):>22} "
-        f"{r['slimtik_sgcv']['seconds']:>8.2f}",
-        f"{'Tikhonov all data, best fixed (oracle)':<38} "
-        f"{r['tikhonov_best_fixed']['rel_error']:>10.4f} "
-        f"{'lambda=' + format(r['tikhonov_best_fixed']['lambda'], '.3g'):>22} "
-        f"{r['tikhonov_best_fixed']['seconds']:>8.2f}",
-        f"{'minibatch SGD (step 1/L)':<38} {r['sgd']['rel_error']:>10.4f} "
-        f"{'step=' + format(r['sgd']['step_size'], '.3g'):>22} {r['sgd']['seconds']:>8.2f}",
-    ]
-    lines.append(f"(slimTik's largest error after the first pass: "
-                 f"{r['slimtik_sgcv']['max_rel_error_after_first_pass']:.4f})")
-    if not math.isnan(r["sgd"]["best_rel_error"]):
-        lines.append(f"(SGD's best error along its path, an oracle stop: "
-                     f"{r['sgd']['best_rel_error']:.4f})")
-    return "\n".join(lines)
+register(Experiment(
+    "inverse", "slimTik with sGCV on a streaming deblurring problem, against the best fixed "
+    "Tikhonov solution and minibatch SGD", InverseOptions, run_inverse, resume_may_change=(),
+    why_not={"lr": "slimTik has no learning rate and minibatch SGD takes the step 1/L",
+             "method": "it always compares slimTik + sGCV, the best fixed Tikhonov solution "
+             "and minibatch SGD",
+             "alpha": "slimTik chooses its regularization by sGCV",
+             "initial_lambda": "it starts slimTik from Lambda = 1e-10"}))

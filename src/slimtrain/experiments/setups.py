@@ -14,27 +14,9 @@ from slimtrain.problems.mnist import digits_autoencoder_data, mnist_autoencoder_
 from slimtrain.problems.networks import autoencoder_network, cdr_network, peaks_network
 from slimtrain.problems.peaks import make_peaks_dataset
 
-__all__ = ["TRAINING_EXPERIMENTS", "experiment_defaults", "make_setup"]
+__all__ = ["TRAINING_EXPERIMENTS", "make_setup"]
 
 TRAINING_EXPERIMENTS = ("cdr", "peaks", "autoencoder")
-
-# Epochs and batch sizes of the full and the --quick versions.
-_DEFAULTS: dict[str, dict[str, dict[str, int]]] = {
-    "cdr": {"full": {"epochs": 50, "batch_size": 5}, "quick": {"epochs": 4, "batch_size": 5}},
-    "peaks": {"full": {"epochs": 20, "batch_size": 5}, "quick": {"epochs": 3, "batch_size": 5}},
-    "autoencoder": {
-        "full": {"epochs": 10, "batch_size": 32},
-        "quick": {"epochs": 2, "batch_size": 32},
-    },
-}
-
-
-def experiment_defaults(name: str, quick: bool = False) -> dict[str, int]:
-    """Default ``epochs`` and ``batch_size`` of a training experiment."""
-    if name not in _DEFAULTS:
-        raise ValueError(f"unknown experiment {name!r}; expected one of {TRAINING_EXPERIMENTS}")
-    return dict(_DEFAULTS[name]["quick" if quick else "full"])
-
 
 def make_setup(
     name: str,
@@ -86,7 +68,7 @@ def make_setup(
             info = {"source": f"MNIST IDX in {data_dir} (first 8000 / last 2000 of t10k)"}
         else:
             ae = digits_autoencoder_data()
-            info = {"source": "scikit-learn 8x8 digits"}
+            info = {"source": "scikit-learn 8x8 digits (no --data: not MNIST)"}
         size = ae.image_size
         train = Subset(ae.train, range(min(len(ae.train), 1024))) if quick else ae.train
         info.update(n_train=len(train), n_val=len(ae.val), pixel_mean=ae.mean, pixel_std=ae.std,

@@ -76,7 +76,6 @@ import hashlib
 import json
 import logging
 import math
-import operator
 import os
 import tempfile
 import time
@@ -90,6 +89,8 @@ import scipy.sparse.linalg as spla
 import torch
 from threadpoolctl import threadpool_limits
 from torch.utils.data import TensorDataset
+
+from slimtrain._validation import check_int, check_real
 
 __all__ = [
     "CDRConfig",
@@ -113,28 +114,13 @@ CACHE_FORMAT_VERSION = 1
 
 
 def _as_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an integer, found {type(value).__name__} {value!r}")
-    out = operator.index(value)
-    if out < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, found {out}")
-    return out
+    return check_int(name, value, minimum=minimum)
 
 
 def _as_float(
     name: str, value: object, *, minimum: float | None = None, strict: bool = False
 ) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{name} must be a real number, found {type(value).__name__} {value!r}")
-    out = float(value)
-    if not math.isfinite(out):
-        raise ValueError(f"{name} must be finite, found {out}")
-    if minimum is not None:
-        if strict and not out > minimum:
-            raise ValueError(f"{name} must be > {minimum}, found {out}")
-        if not strict and out < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, found {out}")
-    return out
+    return check_real(name, value, minimum=minimum, strict_minimum=strict)
 
 
 def _as_float_tuple(

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from slimtrain._validation import check_int, check_real
+
 __all__ = ["DeblurProblem", "blur_matrix", "make_deblur_problem", "true_signal"]
 
 logger = logging.getLogger(__name__)
@@ -125,8 +127,7 @@ class DeblurProblem:
         C : torch.Tensor
             ``b[rows, None]``, shape ``(m, 1)``.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, found {batch_size!r}")
+        check_int("batch_size", batch_size, minimum=1)
         if shuffle:
             gen = torch.Generator().manual_seed(0) if generator is None else generator
             order = torch.randperm(self.n, generator=gen)
@@ -185,15 +186,10 @@ def make_deblur_problem(
     >>> tuple(Z.shape), tuple(C.shape)
     ((16, 64), (16, 1))
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an integer >= 2, found {n!r}")
-    for name, value, strict in (("noise", noise, False), ("sigma", sigma, True)):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value) or value < 0 or (strict and value == 0):
-            bound = "> 0" if strict else ">= 0"
-            raise ValueError(f"{name} must be a finite number {bound}, found {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, found {seed!r}")
+    check_int("n", n, minimum=2)
+    check_real("noise", noise, minimum=0.0)
+    check_real("sigma", sigma, minimum=0.0, strict_minimum=True)
+    check_int("seed", seed, minimum=0)
     t = _grid(n)
     A = blur_matrix(n, sigma)
     x_true = true_signal(t)

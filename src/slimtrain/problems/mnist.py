@@ -31,6 +31,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from slimtrain._validation import check_int
+
 __all__ = [
     "AutoencoderData",
     "digits_autoencoder_data",
@@ -204,8 +206,7 @@ def load_digits_images(image_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """
     from sklearn.datasets import load_digits
 
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 2:
-        raise ValueError(f"image_size must be an integer >= 2, found {image_size!r}")
+    check_int("image_size", image_size, minimum=2)
     bunch = load_digits()
     images = np.asarray(bunch.images, dtype=np.float32) / 16.0
     if image_size != images.shape[1]:
@@ -272,11 +273,8 @@ def make_autoencoder_data(
         found = getattr(images, "shape", type(images).__name__)
         raise ValueError(f"images must be a numpy array of shape (n, H, W), found {found}")
     n = images.shape[0]
-    if isinstance(n_train, bool) or not isinstance(n_train, int | np.integer) or n_train < 2:
-        raise ValueError(f"n_train must be an integer >= 2, found {n_train!r}")
-    n_val = n - int(n_train) if n_val is None else n_val
-    if isinstance(n_val, bool) or not isinstance(n_val, int | np.integer) or n_val < 0:
-        raise ValueError(f"n_val must be an integer >= 0, found {n_val!r}")
+    n_train = check_int("n_train", n_train, minimum=2)
+    n_val = check_int("n_val", n - n_train if n_val is None else n_val, minimum=0)
     if n_train + n_val > n:
         raise ValueError(f"n_train + n_val = {n_train + n_val} exceeds the {n} images available")
     if images.dtype == np.uint8:

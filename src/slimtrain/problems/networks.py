@@ -30,6 +30,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from slimtrain._validation import check_int
+
 __all__ = [
     "ResidualBlock",
     "autoencoder_network",
@@ -47,17 +49,15 @@ Seed = int | torch.Generator
 
 
 def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, found {value!r}")
-    return value
+    return check_int(name, value, minimum=minimum)
 
 
 def _generator(seed: Seed) -> torch.Generator:
     if isinstance(seed, torch.Generator):
         return seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int or a torch.Generator, found {type(seed).__name__}")
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(check_int("seed", seed))
 
 
 def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from slimtrain._validation import check_int
+
 __all__ = ["PEAKS_DOMAIN", "PeaksData", "make_peaks_dataset", "peaks"]
 
 logger = logging.getLogger(__name__)
@@ -72,11 +74,7 @@ class PeaksData:
 
 
 def _check_count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an integer, found {type(value).__name__} {value!r}")
-    if int(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, found {value}")
-    return int(value)
+    return check_int(name, value, minimum=minimum)
 
 
 def make_peaks_dataset(n_train: int = 2000, n_val: int = 1000, seed: int = 0) -> PeaksData:

@@ -8,8 +8,6 @@ where ``state`` is :class:`slimtrain.training.loop.FitState`.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import os
@@ -18,6 +16,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from slimtrain._io import write_csv, write_json
+from slimtrain._validation import check_int
 from slimtrain.training.checkpoint import atomic_save
 
 __all__ = ["Callback", "ProgressBar", "CSVLogger", "JSONLogger", "Checkpoint", "TensorBoardLogger"]
@@ -115,13 +115,7 @@ class CSVLogger(Callback):
 
     def on_epoch_end(self, state: Any, record: dict[str, float]) -> None:
         rows = [{**self.extra, **r} for r in state.history.records]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.path)
+        write_csv(self.path, rows)
 
 
 class JSONLogger(Callback):
@@ -133,10 +127,7 @@ class JSONLogger(Callback):
 
     def on_epoch_end(self, state: Any, record: dict[str, float]) -> None:
         payload = {**self.extra, **state.history.to_dict()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        tmp.write_text(json.dumps(_json_safe(payload), indent=2))
-        os.replace(tmp, self.path)
+        write_json(self.path, payload)
 
 
 class Checkpoint(Callback):
@@ -148,8 +139,7 @@ class Checkpoint(Callback):
     """
 
     def __init__(self, path: str | os.PathLike[str], every: int = 1):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive int, found {every!r}")
+        check_int("every", every, minimum=1)
         self.path = Path(path)
         self.every = every
 
@@ -196,14 +186,3 @@ class TensorBoardLogger(Callback):
 
     def on_fit_end(self, state: Any) -> None:
         self.writer.close()
-
-
-def _json_safe(value: Any) -> Any:
-    """Replace NaN/inf by None so the file is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value

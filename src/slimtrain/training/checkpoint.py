@@ -6,13 +6,14 @@ from __future__ import annotations
 import functools
 import os
 import random
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from slimtrain._io import atomic_write
 
 __all__ = [
     "atomic_save",
@@ -30,19 +31,7 @@ def atomic_save(obj: dict[str, Any], path: str | os.PathLike[str]) -> Path:
 
     A crash mid-write leaves the previous checkpoint intact.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write(path, lambda handle: torch.save(obj, handle), binary=True)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from slimtrain._threads import threads_per_local_process
 from slimtrain.linalg.stats import GramStats
 from slimtrain.linalg.structured import GramStructure, structure_zeros
 
@@ -48,6 +49,7 @@ __all__ = [
     "check_same_across_ranks",
     "init_from_env",
     "data_parallel",
+    "average_unwrapped_gradients",
 ]
 
 logger = logging.getLogger(__name__)
@@ -188,15 +190,20 @@ def check_same_across_ranks(
 def init_from_env(device: str = "cpu") -> bool:
     """Initialise the default process group from torchrun's environment, if present.
 
-    Uses gloo on CPU and nccl on CUDA. Returns True when a group of more than one process was
-    set up (or already existed).
+    Uses gloo on CPU and nccl on CUDA, and gives each process ``cores / LOCAL_WORLD_SIZE``
+    threads (:func:`slimtrain._threads.threads_per_local_process`). Returns True when a group
+    of more than one process was set up (or already existed).
     """
     if dist.is_initialized():
         return dist.get_world_size() > 1
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
         return False
     backend = "nccl" if device.startswith("cuda") else "gloo"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = threads_per_local_process(local)
+    torch.set_num_threads(threads)
     dist.init_process_group(backend=backend)
+    logger.info("%d threads per process (%d processes on this machine)", threads, local)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     logger.info("process group: %s, rank %d of %d", backend, rank(), world_size())
@@ -220,3 +227,29 @@ def data_parallel(model: torch.nn.Module, **ddp_kwargs: object) -> torch.nn.Modu
     if not isinstance(features, DistributedDataParallel):
         model.features = DistributedDataParallel(features, **ddp_kwargs)  # type: ignore[arg-type]
     return model
+
+
+def average_unwrapped_gradients(model: torch.nn.Module) -> None:
+    """Average over the processes the gradients of parameters that DDP does not manage.
+
+    :func:`data_parallel` wraps only the feature extractor, so a gradient-trained head would
+    otherwise take a different step on every rank. One all-reduce of the concatenated
+    gradients; parameters without a gradient are skipped (the same ones on every rank). No-op
+    without a process group.
+    """
+    if not is_distributed():
+        return
+    from torch.nn.parallel import DistributedDataParallel
+
+    managed = {id(p) for m in model.modules() if isinstance(m, DistributedDataParallel)
+               for p in m.parameters()}
+    grads = [p.grad for p in model.parameters() if id(p) not in managed and p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()

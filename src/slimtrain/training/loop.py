@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from slimtrain._validation import check_int
 from slimtrain.training.checkpoint import (
     capture_rng_state,
     check_rng_state,
@@ -36,10 +37,11 @@ class History:
     """Per-epoch records of a run; ``records[0]`` describes the model before training.
 
     Each record holds ``epoch``, ``train_loss``, ``train_rel_error``, ``val_loss``,
-    ``val_rel_error`` (NaN without a validation loader), ``sum_lambda``, ``lam`` (the last
-    step's), ``epoch_time`` (seconds of training in that epoch) and ``steps``. With a
-    classification loss (``loss="cross_entropy"`` or ``"binary_cross_entropy"``) the relative
-    errors are NaN and the records end with ``train_accuracy`` and ``val_accuracy``.
+    ``val_rel_error`` (``||F - C||_F / ||C||_F`` of the whole set; NaN without a validation
+    loader), ``sum_lambda``, ``lam`` (the last step's), ``epoch_time`` (seconds of training in
+    that epoch) and ``steps``. With a classification loss (``loss="cross_entropy"`` or
+    ``"binary_cross_entropy"``) the relative errors are NaN and the records end with
+    ``train_accuracy`` and ``val_accuracy``.
     """
 
     records: list[dict[str, float]] = field(default_factory=list)
@@ -88,8 +90,10 @@ class History:
                 )
             parsed.append({k: float(v) for k, v in record.items()})
         best_epoch, best_val_loss = data["best_epoch"], data["best_val_loss"]
-        if isinstance(best_epoch, bool) or not isinstance(best_epoch, int):
-            raise ValueError(f"history 'best_epoch' must be an int, found {best_epoch!r}")
+        try:
+            check_int("history 'best_epoch'", best_epoch)
+        except TypeError as error:
+            raise ValueError(str(error)) from None
         if not _is_real(best_val_loss):
             raise ValueError(
                 f"history 'best_val_loss' must be a real number, found {best_val_loss!r}"
@@ -129,7 +133,7 @@ class FitState:
 
 
 def evaluate(trainer: Trainer, batches: Batches) -> tuple[float, float]:
-    """Mean loss and mean relative error over ``batches`` with the current parameters.
+    """Mean loss and relative error of the whole set over ``batches``, current parameters.
 
     The relative error is NaN for a classification loss; see :func:`evaluate_metrics`.
     """
@@ -138,22 +142,23 @@ def evaluate(trainer: Trainer, batches: Batches) -> tuple[float, float]:
 
 
 def evaluate_metrics(trainer: Trainer, batches: Batches) -> dict[str, float]:
-    """Means over the samples of ``batches`` of the loss and the trainer's metrics.
+    r"""The loss (mean over samples) and the trainer's metrics over the whole of ``batches``.
 
-    Keys: ``loss`` and ``rel_error`` (squared loss) or ``accuracy`` (classification losses).
-    Under ``torch.distributed`` the sums are reduced over the ranks.
+    Keys: ``loss`` and ``rel_error`` (squared loss: :math:`\|F - C\|_F / \|C\|_F` over all
+    samples, not a mean of per-sample ratios, which explodes near zero targets) or
+    ``accuracy`` (classification losses). Under ``torch.distributed`` the sums are reduced
+    over the ranks.
     """
     trainer.eval()
-    keys = ("loss", *trainer.loss.metric_names, "n")
+    keys = ("loss", *trainer.loss.sum_names, "n")
     totals = [0.0] * len(keys)
     for x, y in batches:
         sums = trainer.evaluate_metrics(x, y)
         totals = [total + sums[key] for total, key in zip(totals, keys, strict=True)]
-    totals = all_reduce_sums(totals, trainer.device)
-    count = totals[-1]
-    if count == 0:
+    reduced = dict(zip(keys, all_reduce_sums(totals, trainer.device), strict=True))
+    if reduced["n"] == 0:
         raise ValueError("found an empty data loader; expected at least one batch to evaluate")
-    return {key: total / count for key, total in zip(keys[:-1], totals[:-1], strict=True)}
+    return trainer.loss.metric_means(reduced)
 
 
 def _loader_generators(loader: Batches) -> list[torch.Generator]:
@@ -206,8 +211,7 @@ def fit(
         Also the best-validation model state in ``history``'s companion
         ``trainer.best_state_dict`` (set on the trainer).
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative int, found {epochs!r}")
+    check_int("epochs", epochs, minimum=0)
     generators = _loader_generators(train_loader)
     history = History()
     state = FitState(trainer, history, epochs, generators=generators)
@@ -287,8 +291,11 @@ def _check_resumable(
     every random state as they were.
     """
     epoch = checkpoint["epoch"]
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise ValueError(f"checkpoint {path} has epoch {epoch!r}; expected a non-negative int")
+    try:
+        check_int("epoch", epoch, minimum=0)
+    except (TypeError, ValueError):
+        raise ValueError(f"checkpoint {path} has epoch {epoch!r}; expected a non-negative int"
+                         ) from None
     if epoch > epochs:
         raise ValueError(f"checkpoint {path} is at epoch {epoch}, beyond epochs={epochs}")
     try:

@@ -77,6 +77,7 @@ References
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -212,9 +213,9 @@ class Loss:
         return self.name != "squared"
 
     @property
-    def metric_names(self) -> tuple[str, ...]:
-        """Per-sample metrics besides the loss: ``rel_error`` or ``accuracy``."""
-        return ("accuracy",) if self.is_classification else ("rel_error",)
+    def sum_names(self) -> tuple[str, ...]:
+        """The batch sums besides the loss that :meth:`metric_sums` returns."""
+        return ("accuracy",) if self.is_classification else ("target_sq",)
 
     # -- targets ---------------------------------------------------------------------------
     def prepare_targets(self, y: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -311,14 +312,36 @@ class Loss:
         return hits.reshape(hits.shape[0], -1).to(output.dtype).mean(dim=1)
 
     def metric_sums(self, output: Tensor, y: Tensor) -> dict[str, float]:
-        """Sums over the batch of the loss and of the per-sample metrics (no grad)."""
+        """Sums over the batch of the loss and of :attr:`sum_names` (no grad).
+
+        ``accuracy`` sums the per-sample fractions of correct positions; ``target_sq`` is
+        :math:`\\|C\\|_F^2`, from which :meth:`metric_means` forms the whole-set relative error.
+        """
         n = int(output.shape[0])
         sums = {"loss": float(self.value(output, y)) * n}
         if self.is_classification:
             sums["accuracy"] = float(self.correct(output, y).sum())
         else:
-            sums["rel_error"] = float(relative_errors(output, y).sum())
+            sums["target_sq"] = float(y.double().square().sum())
         return sums
+
+    def metric_means(self, totals: dict[str, float]) -> dict[str, float]:
+        r"""Whole-set metrics from the sums of :meth:`metric_sums` over batches (and ``n``).
+
+        ``loss`` and ``accuracy`` are means over the samples. For the squared loss,
+        ``rel_error`` is :math:`\|F - C\|_F / \|C\|_F` of the whole set: the loss sum is
+        :math:`\tfrac12 \|F - C\|_F^2`.
+        """
+        count = totals["n"]
+        means = {"loss": totals["loss"] / count}
+        if self.is_classification:
+            means["accuracy"] = totals["accuracy"] / count
+        else:
+            target = totals["target_sq"]
+            means["rel_error"] = (
+                math.sqrt(2.0 * totals["loss"] / target) if target > 0 else math.inf
+            )
+        return means
 
 
 def get_loss(name: object, class_dim: int = 1) -> Loss:

@@ -1,6 +1,6 @@
 r"""Trainers: one step of slimTrain, and the end-to-end gradient baseline.
 
-Both expose the same interface (``step``, ``evaluate_batch``, ``train``/``eval``,
+Both expose the same interface (``step``, ``evaluate_metrics``, ``train``/``eval``,
 ``state_dict``/``load_state_dict``) so that :func:`slimtrain.fit` drives either and a
 comparison differs only in the method.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from abc import ABC, abstractmethod
 from typing import Any
@@ -108,22 +107,12 @@ class Trainer(ABC):
         return x, self.loss.prepare_targets(y, self.device, self.dtype)
 
     @torch.no_grad()
-    def evaluate_batch(self, x: Tensor, y: Tensor) -> tuple[float, float, int]:
-        """Sum over the batch of the loss and of the relative error, and the batch size.
-
-        Uses the current parameters and does not update anything (call :meth:`eval` first).
-        For a classification loss the relative error is NaN; see :meth:`evaluate_metrics`.
-        """
-        sums = self.evaluate_metrics(x, y)
-        return sums["loss"], sums.get("rel_error", math.nan), int(sums["n"])
-
-    @torch.no_grad()
     def evaluate_metrics(self, x: Tensor, y: Tensor) -> dict[str, float]:
         """Sums over the batch of the loss and its metrics, and the batch size ``n``.
 
-        The metrics are ``rel_error`` for the squared loss and ``accuracy`` (per sample, the
-        fraction of correctly classified positions) for the cross-entropy losses
-        (:mod:`slimtrain.training.losses`). Updates nothing (call :meth:`eval` first).
+        The sums are those of :meth:`slimtrain.training.losses.Loss.metric_sums`: ``target_sq``
+        for the squared loss, ``accuracy`` (per sample, the fraction of correctly classified
+        positions) for the cross-entropy losses. Updates nothing (call :meth:`eval` first).
         """
         x, y = self._prepare(x, y)
         prediction = _forward(self.model, x, "model")
@@ -440,7 +429,11 @@ class GradientTrainer(Trainer):
 
     The head parameters of a :class:`SeparableModel` (which it sets to
     ``requires_grad=False`` for slimTrain) are made trainable again; every other parameter keeps
-    its ``requires_grad``, so parameters frozen on purpose stay frozen. Optimizers with
+    its ``requires_grad``, so parameters frozen on purpose stay frozen. Under torch.distributed
+    the gradients of parameters outside DistributedDataParallel (the head, which
+    :func:`~slimtrain.training.distributed.data_parallel` leaves unwrapped) are averaged over
+    the processes too, so every rank keeps the same parameters, and a batch rejected on one
+    rank stops the step on all of them. Optimizers with
     train/eval modes (schedule-free AdamW) are switched by :meth:`train` / :meth:`eval`.
 
     Parameters
@@ -488,7 +481,15 @@ class GradientTrainer(Trainer):
             step).
         """
         start = time.perf_counter()
-        x, y = self._prepare(x, y)
+        shared = distributed.is_distributed()
+        try:
+            x, y = self._prepare(x, y)
+        except (ValueError, TypeError) as error:
+            if shared:  # the other processes must not wait in DDP's all-reduce
+                distributed.agree_batch_ok(error, self.device)
+            raise
+        if shared:
+            distributed.agree_batch_ok(None, self.device)
         buffers = [b.clone() for b in self.model.buffers()]
         try:
             self.optimizer.zero_grad(set_to_none=True)
@@ -499,6 +500,8 @@ class GradientTrainer(Trainer):
         except BaseException:
             _restore_buffers(self.model, buffers)
             raise
+        if shared:  # DDP averages the wrapped parameters' gradients; average the others too
+            distributed.average_unwrapped_gradients(self.model)
         self.optimizer.step()
         return {
             **self._step_metrics(output, y),
