@@ -135,8 +135,8 @@ class ArrowTerms(NamedTuple):
         Eigenvalues of the blocks of ``M``, clipped at 0, shape ``(p - 1,)``.
     b : Tensor
         Rotated bias column of ``M``, ``(p - 1,)``.
-    c : float
-        Bias entry of ``M``.
+    c : Tensor
+        Bias entry of ``M``, 0-d.
     G, H, W : Tensor
         Rotated ``G`` ``(p, p)``, ``H`` ``(p, t)``, ``W^T`` ``(p, t)``.
     r2 : Tensor
@@ -147,7 +147,7 @@ class ArrowTerms(NamedTuple):
 
     a: Tensor
     b: Tensor
-    c: float
+    c: Tensor
     G: Tensor
     H: Tensor
     W: Tensor
@@ -157,7 +157,7 @@ class ArrowTerms(NamedTuple):
 
 
 def arrow_values(
-    terms: ArrowTerms, lams: Tensor, sum_lambda: float
+    terms: ArrowTerms, lams: Tensor, sum_lambda: Tensor | float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """sGCV, post-update squared residual and the rotated increment for candidate ``lams``.
 
@@ -166,7 +166,8 @@ def arrow_values(
     terms : ArrowTerms
     lams : Tensor
         Candidate increments ``(n,)``, ``sum_lambda + lams > 0``.
-    sum_lambda : float
+    sum_lambda : Tensor or float
+        ``Lambda`` (0-d tensor or number).
 
     Returns
     -------
