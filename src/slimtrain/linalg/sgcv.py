@@ -76,11 +76,9 @@ class SGCVTerms(NamedTuple):
         Eigenvalues of the memory Gram, clipped at 0, shape ``(p,)``.
     quad : Tensor
         The quadratic-form matrices ``[G~ o H~H~^T | G~ o (H~W~^T + W~H~^T) | G~ o W~W~^T]``
-        side by side, shape ``(p, 3 p)``, so that all candidates' forms take one GEMM.
-    lin : Tensor
-        ``[sum_k H~_jk^2, sum_k H~_jk W~_jk]``, shape ``(2, p)``.
-    gdiag : Tensor
-        ``diag(G~)``, shape ``(p,)``.
+        side by side, then the columns ``sum_k H~_jk^2``, ``sum_k H~_jk W~_jk`` and
+        ``diag(G~)`` of the linear terms and the trace, shape ``(p, 3 p + 3)``: every
+        candidate's forms, linear terms and trace take one GEMM.
     r2 : Tensor
         ``||Zs W^T - Cs||_F^2`` before the update, 0-d.
     rows : int
@@ -91,8 +89,6 @@ class SGCVTerms(NamedTuple):
 
     s: Tensor
     quad: Tensor
-    lin: Tensor
-    gdiag: Tensor
     r2: Tensor
     rows: int
     t: int
@@ -125,9 +121,9 @@ def sgcv_terms(
     HH = Ht @ Ht.T
     HW = Ht @ Wt.T
     WW = Wt @ Wt.T
-    quad = torch.cat((Gt * HH, Gt * (HW + HW.T), Gt * WW), dim=1)
-    lin = torch.stack(((Ht * Ht).sum(1), (Ht * Wt).sum(1)))
-    return SGCVTerms(s, quad, lin, torch.diagonal(Gt).clone(), r2, int(rows), int(Ht.shape[1]))
+    linear = torch.stack(((Ht * Ht).sum(1), (Ht * Wt).sum(1), torch.diagonal(Gt)), dim=1)
+    quad = torch.cat((Gt * HH, Gt * (HW + HW.T), Gt * WW, linear), dim=1)  # (p, 3 p + 3)
+    return SGCVTerms(s, quad, r2, int(rows), int(Ht.shape[1]))
 
 
 def sgcv_values(
@@ -155,15 +151,16 @@ def sgcv_values(
     if isinstance(terms, ArrowTerms):
         gcv, residual, _ = arrow_values(terms, lams, sum_lambda)
         return gcv, residual
-    d = 1.0 / (terms.s.unsqueeze(0) + (sum_lambda + lams).unsqueeze(1))  # (n, p)
-    # Quadratic forms d^T Q_k d of the three matrices for every candidate, one GEMM: (n, 3).
+    d = 1.0 / (terms.s + (sum_lambda + lams).unsqueeze(1))  # (n, p)
+    # One GEMM: the quadratic forms d^T Q_k d of the three matrices (after a product with d),
+    # the two linear terms and the trace, for every candidate.
     n, p = d.shape
-    qf = ((d @ terms.quad).view(n, 3, p) * d.unsqueeze(1)).sum(-1)
-    lin = d @ terms.lin.T  # (n, 2)
-    quad_term = qf[:, 0] + lams * qf[:, 1] + lams * lams * qf[:, 2]
-    lin_term = lin[:, 0] + lams * lin[:, 1]
-    residual = (quad_term - 2.0 * lin_term + terms.r2).clamp_min(0.0)
-    trace = d @ terms.gdiag
+    Y = d @ terms.quad  # (n, 3 p + 3)
+    qf = (Y[:, : 3 * p].view(n, 3, p) * d.unsqueeze(1)).sum(-1)  # (n, 3)
+    lin0, lin1, trace = Y[:, 3 * p], Y[:, 3 * p + 1], Y[:, 3 * p + 2]
+    # ||R(lam)||^2 = qf0 + lam qf1 + lam^2 qf2 - 2 (lin0 + lam lin1) + ||R||^2 (Horner in lam)
+    residual = qf[:, 0] - 2.0 * lin0 + lams * (qf[:, 1] - 2.0 * lin1 + lams * qf[:, 2])
+    residual = (residual + terms.r2).clamp_min(0.0)
     den = terms.t * (terms.rows - trace)
     gcv = torch.where(den > 0, residual / den.clamp_min(1e-300) ** 2, torch.inf)
     return gcv, residual

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from slimtrain._validation import check_int, check_real
+from slimtrain.linalg.eigh import symmetric_eigh
 from slimtrain.linalg.sgcv import (
     N_REFINE,
     REFINE_ROUNDS,
@@ -131,6 +132,14 @@ class SlimTikStatus(Enum):
 
 
 _STATUS_LIST = list(SlimTikStatus)
+# Status codes as Python ints, for torch.where on the device.
+_OK, _CONSTANT, _AT_UPPER, _AT_LOWER, _DEGENERATE, _CLIPPED, _GCV_UNDEFINED = (
+    s.code for s in (
+        SlimTikStatus.OK, SlimTikStatus.CONSTANT, SlimTikStatus.LAMBDA_AT_UPPER,
+        SlimTikStatus.LAMBDA_AT_LOWER, SlimTikStatus.DEGENERATE, SlimTikStatus.CLIPPED,
+        SlimTikStatus.GCV_UNDEFINED,
+    )
+)
 
 #: The floor ``lower`` limits the fit (status ``LAMBDA_AT_LOWER``) when sGCV at the probe
 #: ``Lambda = FLOOR_PROBE * lower`` is below ``(1 - FLOOR_GCV_GAIN)`` times its value at the
@@ -318,6 +327,8 @@ def slimtik_update(
     state: SlimTikState,
     config: SlimTikConfig,
     lam: float | None = None,
+    *,
+    cpu_eigh_max_size: int = 0,
 ) -> tuple[Tensor, SlimTikState, SlimTikRecord]:
     r"""One slimTik step from the batch statistics (pure; no validation, no dtype casts).
 
@@ -343,6 +354,9 @@ def slimtik_update(
     lam : float, optional
         A prescribed increment (a user schedule) in ``lambda_units``; overrides
         ``lambda_rule``. It is clipped so that ``Lambda + lam >= lower``.
+    cpu_eigh_max_size : int
+        Engineering option: on a non-CPU device, eigendecompose matrices (or blocks) of at most
+        this size on the CPU (:func:`slimtrain.linalg.eigh.symmetric_eigh`; 0: never).
 
     Returns
     -------
@@ -373,9 +387,13 @@ def slimtik_update(
     structure = stats.structure
     terms: SGCVTerms | ArrowTerms
     if structure is not None and _use_structure(structure, M, W.shape[0], config.n_candidates):
-        terms, finish = _structured_step(G, M, H, WT, r2, stats.n_rows, structure)
+        terms, finish = _structured_step(
+            G, M, H, WT, r2, stats.n_rows, structure, cpu_eigh_max_size
+        )
     else:
-        terms, finish = _dense_step(G, M, H, WT, r2, stats.n_rows, not state.grams)
+        terms, finish = _dense_step(
+            G, M, H, WT, r2, stats.n_rows, not state.grams, cpu_eigh_max_size
+        )
 
     scale = data_scale(M)
     unit = scale if config.lambda_units == "relative" else torch.ones_like(scale)
@@ -385,19 +403,15 @@ def slimtik_update(
     lower = config.lower * unit
     floor = lower - Lambda  # smallest admissible increment
 
-    def code(status: SlimTikStatus) -> Tensor:
-        return torch.tensor(status.code, device=device)
-
     if lam is not None or config.lambda_rule == "constant":
         asked = (float(lam) if lam is not None else config.initial_lambda) * unit
         lam_t = torch.maximum(asked, floor)
         status = torch.where(
-            asked < floor, code(SlimTikStatus.CLIPPED),
-            code(SlimTikStatus.OK if lam is not None else SlimTikStatus.CONSTANT),
+            asked < floor, _CLIPPED, _OK if lam is not None else _CONSTANT
         )
     elif stats.n_rows + sum(state.rows) <= p:
         lam_t = floor.clamp_min(0.0)
-        status = code(SlimTikStatus.DEGENERATE)
+        status = torch.full((), _DEGENERATE, device=device)
     else:
         upper = config.upper * unit
         choice = select_lambda_sgcv(
@@ -409,11 +423,10 @@ def slimtik_update(
             choice.residual - choice.probe_residual > FLOOR_FIT_GAIN * ctc
         )
         status = torch.where(
-            ~choice.finite, code(SlimTikStatus.GCV_UNDEFINED),
+            ~choice.finite, _GCV_UNDEFINED,
             torch.where(
-                lam_t >= upper * (1.0 - 1e-12), code(SlimTikStatus.LAMBDA_AT_UPPER),
-                torch.where(at_floor & floor_binds, code(SlimTikStatus.LAMBDA_AT_LOWER),
-                            code(SlimTikStatus.OK)),
+                lam_t >= upper * (1.0 - 1e-12), _AT_UPPER,
+                torch.where(at_floor & floor_binds, _AT_LOWER, _OK),
             ),
         )
     # Land exactly on the bound when clipped (Lambda + (lower - Lambda) can round below lower).
@@ -453,10 +466,11 @@ def _use_structure(structure: GramStructure, M: Tensor, t: int, n_candidates: in
 
 
 def _dense_step(
-    G: Tensor, M: Tensor, H: Tensor, WT: Tensor, r2: Tensor, rows: int, memory_empty: bool
+    G: Tensor, M: Tensor, H: Tensor, WT: Tensor, r2: Tensor, rows: int, memory_empty: bool,
+    cpu_eigh_max_size: int = 0,
 ) -> tuple[SGCVTerms, _Finish]:
     """One ``eigh`` of ``M = V diag(s) V^T``; sGCV in that basis (:mod:`slimtrain.linalg.sgcv`)."""
-    s, V = torch.linalg.eigh(M)
+    s, V = symmetric_eigh(M, cpu_eigh_max_size)
     # Without memory M = G, so V^T G V is diag(s): skip two O(p^3) products.
     Gt = torch.diag(s) if memory_empty else V.T @ (G @ V)
     s = s.clamp_min(0.0)
@@ -476,10 +490,10 @@ def _dense_step(
 
 def _structured_step(
     G: Tensor, M: Tensor, H: Tensor, WT: Tensor, r2: Tensor, rows: int,
-    structure: GramStructure,
+    structure: GramStructure, cpu_eigh_max_size: int = 0,
 ) -> tuple[SGCVTerms | ArrowTerms, _Finish]:
     """Block ``eigh`` of a block-arrow ``M`` (:mod:`slimtrain.linalg.structured`)."""
-    basis = block_basis(M, structure)
+    basis = block_basis(M, structure, cpu_eigh_max_size)
     Gt = basis.rotate_gram(G, structure.bias)
     Ht = basis.rotate(H)
     Wt = basis.rotate(WT)

@@ -88,6 +88,11 @@ class SlimTik:
     reducer : callable, optional
         Applied to the batch :class:`GramStats` before the solve (e.g. an all-reduce across
         processes, :mod:`slimtrain.training.distributed`).
+    cpu_eigh_max_size : int, default 0
+        Engineering option (not part of the state): when ``W`` is on a GPU, eigendecompose the
+        memory Gram (or its blocks) of at most this size on the CPU, where small ``eigh`` calls
+        are often faster; costs one synchronisation. Set it from
+        ``benchmarks/slimtik_step.py --device cuda``; 0 never moves anything.
 
     Examples
     --------
@@ -121,6 +126,7 @@ class SlimTik:
         refine: bool = SlimTikConfig.refine,
         reducer: StatsReducer | None = None,
         lambda_units: LambdaUnits = SlimTikConfig.lambda_units,
+        cpu_eigh_max_size: int = 0,
     ) -> None:
         self.config = SlimTikConfig(
             memory_depth=memory_depth,
@@ -134,6 +140,7 @@ class SlimTik:
             lambda_units=lambda_units,
         )
         self.reducer = reducer
+        self.cpu_eigh_max_size = check_int("cpu_eigh_max_size", cpu_eigh_max_size, minimum=0)
         self.state: SlimTikState = initial_state(self.config)
         self.last_info: SlimTikInfo | None = None
 
@@ -266,7 +273,8 @@ class SlimTik:
         threads = 1 if device.type == "cpu" and p <= SINGLE_THREAD_MAX_P else None
         with num_threads(threads or torch.get_num_threads()):
             W_new, new_state, record = slimtik_update(
-                W.to(work), stats64, state, self.config, lam
+                W.to(work), stats64, state, self.config, lam,
+                cpu_eigh_max_size=self.cpu_eigh_max_size,
             )
             # The one device-to-host transfer of the step: the info and a finiteness flag.
             values = torch.cat(

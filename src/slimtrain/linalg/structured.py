@@ -47,6 +47,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from slimtrain.linalg.eigh import symmetric_eigh
+
 __all__ = [
     "GramStructure",
     "ArrowTerms",
@@ -247,15 +249,19 @@ class BlockBasis(NamedTuple):
         return Gt
 
 
-def block_basis(M: Tensor, structure: GramStructure) -> BlockBasis:
-    """Batched ``eigh`` of the diagonal blocks of ``M`` (float64), one call per block size."""
+def block_basis(M: Tensor, structure: GramStructure, cpu_eigh_max_size: int = 0) -> BlockBasis:
+    """Batched ``eigh`` of the diagonal blocks of ``M`` (float64), one call per block size.
+
+    Blocks of size at most ``cpu_eigh_max_size`` are decomposed on the CPU when ``M`` is on
+    another device (:func:`slimtrain.linalg.eigh.symmetric_eigh`).
+    """
     layout = _layout(structure, str(M.device))
     perm = layout.perm
     Qs, eigs = [], []
     for offset, k, size in layout.classes:
         idx = perm[offset : offset + k * size].view(k, size)
         Mb = M[idx.unsqueeze(2), idx.unsqueeze(1)]
-        s, Q = torch.linalg.eigh(0.5 * (Mb + Mb.transpose(1, 2)))
+        s, Q = symmetric_eigh(0.5 * (Mb + Mb.transpose(1, 2)), cpu_eigh_max_size)
         Qs.append(Q)
         eigs.append(s.reshape(-1))
     a = torch.cat(eigs).clamp_min(0.0) if eigs else M.new_zeros(0)
