@@ -98,3 +98,31 @@ def test_gram_overflow_is_named_as_such():
     with pytest.raises(ValueError, match="overflowed.*Rescale"):
         solver.step(torch.zeros(1, 3, dtype=f64), Z, C)
     assert solver.n_steps == 0
+
+
+def test_slimtrain_forwards_the_units_and_engineering_options():
+    from torch import nn
+
+    from slimtrain import SeparableModel, SlimTrain
+
+    model = SeparableModel(nn.Sequential(nn.Linear(3, 4), nn.Tanh()), nn.Linear(4, 2))
+    optimizer = torch.optim.Adam(model.feature_parameters(), lr=1e-3)
+    trainer = SlimTrain(model, optimizer, lambda_units="absolute", cpu_eigh_max_size=64)
+    assert trainer.solver.config.lambda_units == "absolute"
+    assert trainer.solver.cpu_eigh_max_size == 64
+    with pytest.raises(ValueError, match="lambda_units"):
+        SlimTik(lambda_units="percent")
+    with pytest.raises(ValueError, match="cpu_eigh_max_size"):
+        SlimTik(cpu_eigh_max_size=-1)
+
+
+def test_symmetric_eigh_matches_torch_on_the_cpu():
+    from slimtrain.linalg.eigh import symmetric_eigh
+
+    gen = torch.Generator().manual_seed(2)
+    X = torch.randn(3, 9, 9, generator=gen, dtype=f64)
+    A = X @ X.transpose(1, 2)
+    s, V = symmetric_eigh(A, cpu_max_size=100)  # on the CPU already: nothing moves
+    torch.testing.assert_close(V @ torch.diag_embed(s) @ V.transpose(1, 2), A)
+    s_ref, _ = torch.linalg.eigh(A)
+    torch.testing.assert_close(s, s_ref)

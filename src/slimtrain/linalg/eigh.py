@@ -15,10 +15,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["symmetric_eigh"]
+__all__ = ["CPU_EIGH_MAX_SIZE", "symmetric_eigh"]
+
+#: Default of every ``cpu_eigh_max_size``: never move a decomposition to the CPU (no GPU
+#: measurements yet; set it from ``benchmarks/slimtik_step.py --device cuda``).
+CPU_EIGH_MAX_SIZE = 0
 
 
-def symmetric_eigh(A: Tensor, cpu_max_size: int = 0) -> tuple[Tensor, Tensor]:
+def symmetric_eigh(A: Tensor, cpu_max_size: int = CPU_EIGH_MAX_SIZE) -> tuple[Tensor, Tensor]:
     """``torch.linalg.eigh`` of ``A`` ``(..., n, n)``, on the CPU when ``n <= cpu_max_size``.
 
     Parameters

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from slimtrain._validation import check_int, check_real
-from slimtrain.linalg.eigh import symmetric_eigh
+from slimtrain.linalg.eigh import CPU_EIGH_MAX_SIZE, symmetric_eigh
 from slimtrain.linalg.sgcv import (
     N_REFINE,
     REFINE_ROUNDS,
@@ -328,7 +328,7 @@ def slimtik_update(
     config: SlimTikConfig,
     lam: float | None = None,
     *,
-    cpu_eigh_max_size: int = 0,
+    cpu_eigh_max_size: int = CPU_EIGH_MAX_SIZE,
 ) -> tuple[Tensor, SlimTikState, SlimTikRecord]:
     r"""One slimTik step from the batch statistics (pure; no validation, no dtype casts).
 
@@ -467,7 +467,7 @@ def _use_structure(structure: GramStructure, M: Tensor, t: int, n_candidates: in
 
 def _dense_step(
     G: Tensor, M: Tensor, H: Tensor, WT: Tensor, r2: Tensor, rows: int, memory_empty: bool,
-    cpu_eigh_max_size: int = 0,
+    cpu_eigh_max_size: int = CPU_EIGH_MAX_SIZE,
 ) -> tuple[SGCVTerms, _Finish]:
     """One ``eigh`` of ``M = V diag(s) V^T``; sGCV in that basis (:mod:`slimtrain.linalg.sgcv`)."""
     s, V = symmetric_eigh(M, cpu_eigh_max_size)
@@ -490,7 +490,7 @@ def _dense_step(
 
 def _structured_step(
     G: Tensor, M: Tensor, H: Tensor, WT: Tensor, r2: Tensor, rows: int,
-    structure: GramStructure, cpu_eigh_max_size: int = 0,
+    structure: GramStructure, cpu_eigh_max_size: int = CPU_EIGH_MAX_SIZE,
 ) -> tuple[SGCVTerms | ArrowTerms, _Finish]:
     """Block ``eigh`` of a block-arrow ``M`` (:mod:`slimtrain.linalg.structured`)."""
     basis = block_basis(M, structure, cpu_eigh_max_size)

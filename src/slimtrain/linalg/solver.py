@@ -20,6 +20,7 @@ from slimtrain._validation import (
     check_same_device,
     check_tensor,
 )
+from slimtrain.linalg.eigh import CPU_EIGH_MAX_SIZE
 from slimtrain.linalg.slimtik import (
     LambdaUnits,
     SlimTikConfig,
@@ -126,7 +127,7 @@ class SlimTik:
         refine: bool = SlimTikConfig.refine,
         reducer: StatsReducer | None = None,
         lambda_units: LambdaUnits = SlimTikConfig.lambda_units,
-        cpu_eigh_max_size: int = 0,
+        cpu_eigh_max_size: int = CPU_EIGH_MAX_SIZE,
     ) -> None:
         self.config = SlimTikConfig(
             memory_depth=memory_depth,

@@ -47,7 +47,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from slimtrain.linalg.eigh import symmetric_eigh
+from slimtrain.linalg.eigh import CPU_EIGH_MAX_SIZE, symmetric_eigh
 
 __all__ = [
     "GramStructure",
@@ -249,7 +249,9 @@ class BlockBasis(NamedTuple):
         return Gt
 
 
-def block_basis(M: Tensor, structure: GramStructure, cpu_eigh_max_size: int = 0) -> BlockBasis:
+def block_basis(
+    M: Tensor, structure: GramStructure, cpu_eigh_max_size: int = CPU_EIGH_MAX_SIZE
+) -> BlockBasis:
     """Batched ``eigh`` of the diagonal blocks of ``M`` (float64), one call per block size.
 
     Blocks of size at most ``cpu_eigh_max_size`` are decomposed on the CPU when ``M`` is on
