@@ -162,7 +162,10 @@ def test_block_path_is_finite_and_agrees(sizes, bias, rows, scale, empty, seed):
         if infob.lam == pytest.approx(infod.lam, rel=1e-6, abs=1e-12):
             cond = 1.0 + 2.0 * gram_norm / infod.sum_lambda
             size = float(Wd.abs().max()) + 1.0
-            assert float((Wb - Wd).abs().max()) <= 1e-13 * cond * size
+            # Plus the effect of the increments' difference (sGCV's refinement of the two paths
+            # can land 1e-12 apart; dW/dlam is at most about |W| / Lambda).
+            drift = abs(infob.lam - infod.lam) / min(infob.sum_lambda, infod.sum_lambda)
+            assert float((Wb - Wd).abs().max()) <= (1e-13 * cond + 2.0 * drift) * size
 
 
 TRANSPOSE_HEADS = [
