@@ -38,9 +38,10 @@ logger = logging.getLogger(__name__)
 
 StatsReducer = Callable[[GramStats], GramStats]
 
-#: Largest ``p`` whose CPU solve runs single-threaded (measured with
-#: ``benchmarks/slimtik_step.py``: below it a second thread only adds synchronisation, and on a
-#: loaded machine multi-threaded LAPACK calls on small matrices slow down 10-100x).
+#: Largest ``p`` whose CPU solve runs single-threaded (``benchmarks/slimtik_step.py``, columns
+#: "solve" and "solve 1t" and the eigh table: on 2 shared cores at load 6-8 one thread was
+#: faster at every head size, 257 x 257 eigh 15 ms against 52 ms; on an idle machine two
+#: threads may win for the largest heads, hence the cut below p = 1025).
 SINGLE_THREAD_MAX_P = 512
 
 
@@ -83,9 +84,9 @@ class SlimTik:
         prescribed ``lam`` are multiples of the data scale of each step, the mean eigenvalue
         ``trace(M) / p`` of the memory Gram (``info.scale``), so that features ``a Z`` and
         targets ``b C`` give ``(b / a) W``, the same predictions up to ``b`` and the same
-        statuses. ``"absolute"``: plain numbers in the units of ``Z^T Z`` (the behaviour of
-        slimtrain <= 0.x and of the paper's code). ``Lambda`` itself (``info.sum_lambda``) is
-        absolute either way.
+        statuses. ``"absolute"``: plain numbers in the units of ``Z^T Z`` (the behaviour
+        before this option existed, and of the paper's code). ``Lambda`` itself
+        (``info.sum_lambda``) is absolute either way.
     reducer : callable, optional
         Applied to the batch :class:`GramStats` before the solve (e.g. an all-reduce across
         processes, :mod:`slimtrain.training.distributed`).
