@@ -94,7 +94,8 @@ def test_slimtik_on_streamed_rows_equals_tikhonov_of_rows_seen() -> None:
     batches = list(prob.minibatches(16, generator=torch.Generator().manual_seed(0)))
     lam0 = 1e-2
     solver = slimtrain.SlimTik(
-        memory_depth=len(batches), initial_lambda=lam0, lambda_rule="constant", reduction="sum"
+        memory_depth=len(batches), initial_lambda=lam0, lambda_rule="constant", reduction="sum",
+        lambda_units="absolute",  # Lambda_k = (k + 1) lam0 in the units of the rows
     )
     W = torch.zeros(1, prob.n, dtype=torch.float64)
     rows: list[torch.Tensor] = []

@@ -58,34 +58,44 @@ def _reference_tikhonov(batches, reduction, lambda0, lambda_k, W0):
     return torch.linalg.solve(lhs, rhs).T
 
 
+@pytest.mark.parametrize("units", ["absolute", "relative"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize(("p", "t", "sizes"), [(4, 1, [7, 9, 3]), (12, 3, [20, 20, 20, 5]),
                                                (30, 5, [16, 40, 25, 11, 8])])
 @pytest.mark.parametrize("schedule", ["positive", "mixed", "below_start", "sgcv"])
-def test_full_memory_equals_whole_data_tikhonov(reduction, p, t, sizes, schedule):
+def test_full_memory_equals_whole_data_tikhonov(reduction, p, t, sizes, schedule, units):
     gen = torch.Generator().manual_seed(p * 100 + t)
     batches = _batches(gen, p, t, sizes)
     lambda0 = 0.3
     solver = SlimTik(memory_depth=len(sizes), initial_lambda=lambda0, reduction=reduction,
-                     lower=1e-6)
+                     lower=1e-6, lambda_units=units)
     W0 = torch.randn(t, p, generator=gen, dtype=f64)
     W = W0.clone()
     lams = {"positive": [0.5, 0.01, 2.0, 0.1, 0.7],
             "mixed": [0.8, -0.5, 0.2, -0.4, 1.0],
             # Lambda_k - Lambda_0 < 0 from step 2 on: the reference's normal-equations branch.
             "below_start": [0.1, -0.3, -0.05, 0.2, -0.1]}.get(schedule)
+    expected_sum = 0.0
     for k, (Z, C) in enumerate(batches):
         lam = None if lams is None else lams[k]
         W, info = solver.step(W, Z, C, lam=lam)
-        ref = _reference_tikhonov(batches[: k + 1], reduction, lambda0, info.sum_lambda, W0)
+        # relative units: Lambda_0 = initial_lambda x the first step's data scale, and each
+        # prescribed increment is a multiple of its own step's scale.
+        unit = info.scale if units == "relative" else 1.0
+        if k == 0:
+            abs_lambda0 = expected_sum = lambda0 * unit
+        if lam is not None:  # a prescribed increment is clipped at the floor
+            expected_sum = max(expected_sum + lam * unit, solver.config.lower * unit)
+        ref = _reference_tikhonov(batches[: k + 1], reduction, abs_lambda0, info.sum_lambda, W0)
         torch.testing.assert_close(W, ref, rtol=1e-8, atol=1e-9)
     if lams is not None:
-        assert solver.sum_lambda == pytest.approx(lambda0 + sum(lams[: len(sizes)]))
+        assert solver.sum_lambda == pytest.approx(expected_sum)
 
 
 def test_constant_rule_accumulates_initial_lambda():
     gen = torch.Generator().manual_seed(1)
-    solver = SlimTik(memory_depth=10, initial_lambda=0.05, lambda_rule="constant")
+    solver = SlimTik(memory_depth=10, initial_lambda=0.05, lambda_rule="constant",
+                     lambda_units="absolute")
     W = torch.zeros(2, 6, dtype=f64)
     batches = _batches(gen, 6, 2, [10] * 5)
     for k, (Z, C) in enumerate(batches):
@@ -102,7 +112,8 @@ def test_limited_memory_matches_window_recursion():
     gen = torch.Generator().manual_seed(2)
     p, t, r = 8, 2, 2
     batches = _batches(gen, p, t, [12] * 6)
-    solver = SlimTik(memory_depth=r, initial_lambda=0.1, lambda_rule="constant")
+    solver = SlimTik(memory_depth=r, initial_lambda=0.1, lambda_rule="constant",
+                     lambda_units="absolute")
     W = torch.zeros(t, p, dtype=f64)
     Lam = 0.1
     grams: list[torch.Tensor] = []
@@ -123,7 +134,7 @@ def test_sgcv_values_equal_brute_force():
     gen = torch.Generator().manual_seed(3)
     p, t, n = 10, 3, 25
     batches = _batches(gen, p, t, [30, 30, n], noise=0.5)
-    config = SlimTikConfig(memory_depth=2, initial_lambda=0.2)
+    config = SlimTikConfig(memory_depth=2, initial_lambda=0.2, lambda_units="absolute")
     state = initial_state(config)
     W = torch.zeros(t, p, dtype=f64)
     for Z, C in batches[:2]:
@@ -136,7 +147,7 @@ def test_sgcv_values_equal_brute_force():
     s, V = torch.linalg.eigh(M)
     r2 = ((Zs @ W.T - Cs) ** 2).sum()
     terms = sgcv_terms(s, V.T @ G @ V, V.T @ H, V.T @ W.T, r2, n)
-    Lam = state.sum_lambda
+    Lam = float(state.sum_lambda)
     lams = candidate_grid(Lam, config.lower, config.upper, 30, dtype=f64, device=Z.device)
     assert (lams < 0).any() and (lams > 0).any() and (lams == 0).any()
     gcv, res = sgcv_values(terms, lams, Lam)
@@ -149,11 +160,12 @@ def test_sgcv_values_equal_brute_force():
         assert float(res[j]) == pytest.approx(float(residual), rel=1e-7, abs=1e-12)
         assert float(gcv[j]) == pytest.approx(float(brute), rel=1e-7)
     # The selected increment is the argmin over the grid, possibly improved by refinement.
-    lam, g, finite = select_lambda_sgcv(terms, Lam, config.lower, config.upper)
-    assert finite and g <= float(gcv.min()) * (1 + 1e-12)
-    lam_grid, g_grid, _ = select_lambda_sgcv(terms, Lam, config.lower, config.upper, refine=False)
-    assert g_grid == pytest.approx(float(gcv.min()))
-    assert lam_grid == pytest.approx(float(lams[torch.argmin(gcv)]))
+    choice = select_lambda_sgcv(terms, Lam, config.lower, config.upper)
+    assert bool(choice.finite) and float(choice.gcv) <= float(gcv.min()) * (1 + 1e-12)
+    grid = select_lambda_sgcv(terms, Lam, config.lower, config.upper, refine=False)
+    assert float(grid.gcv) == pytest.approx(float(gcv.min()))
+    assert float(grid.lam) == pytest.approx(float(lams[torch.argmin(gcv)]))
+    assert float(grid.residual) == pytest.approx(float(res[torch.argmin(gcv)]))
 
 
 @pytest.mark.parametrize("depth", [0, 2])
@@ -171,8 +183,8 @@ def test_step_info_equals_brute_force_at_every_step(depth):
         Zs, Cs = Z / math.sqrt(n), C / math.sqrt(n)
         G = Zs.T @ Zs
         M = G + sum(grams[-depth:] if depth else [], torch.zeros(p, p, dtype=f64))
-        Lam = solver.sum_lambda
         W_new, info = solver.step(W, Z, C)
+        Lam = info.sum_lambda - info.lam  # Lambda before the step (absolute)
         assert info.status is SlimTikStatus.OK or info.status.name.startswith("LAMBDA_AT")
         B = M + (Lam + info.lam) * torch.eye(p, dtype=f64)
         H = Zs.T @ (Zs @ W.T - Cs)
@@ -195,15 +207,16 @@ def test_degenerate_case_counts_the_rows_in_memory():
     batches = _batches(gen, p, 1, [4] * 4)
     solver = SlimTik(memory_depth=2, initial_lambda=0.01)
     W = torch.zeros(1, p, dtype=f64)
-    statuses, lambdas = [], []
+    statuses, lambdas, scales = [], [], []
     for Z, C in batches:
         W, info = solver.step(W, Z, C)
         statuses.append(info.status)
         lambdas.append(info.sum_lambda)
+        scales.append(info.scale)
         assert bool(torch.isfinite(W).all())
     # 4, 8 rows <= 10: degenerate; then 12 rows (2 stored batches + this one): sGCV runs.
     assert statuses[:2] == [SlimTikStatus.DEGENERATE] * 2
-    assert lambdas[:2] == [0.01, 0.01]
+    assert lambdas[1] == lambdas[0] == pytest.approx(0.01 * scales[0], rel=1e-15)
     assert SlimTikStatus.DEGENERATE not in statuses[2:]
 
 
@@ -216,12 +229,12 @@ def test_multi_output_equals_separate_outputs_with_same_lam():
     lams = []
     for Z, C in batches:
         W, info = multi.step(W, Z, C)
-        lams.append(info.lam)
+        lams.append((info.lam, info.scale))
     for j in range(t):
         single = SlimTik(memory_depth=2)
         w = torch.zeros(1, p, dtype=f64)
-        for (Z, C), lam in zip(batches, lams, strict=True):
-            w, _ = single.step(w, Z, C[:, j : j + 1], lam=lam)
+        for (Z, C), (lam, scale) in zip(batches, lams, strict=True):
+            w, _ = single.step(w, Z, C[:, j : j + 1], lam=lam / scale)  # relative units
         torch.testing.assert_close(w[0], W[j], rtol=1e-10, atol=1e-12)
 
 
@@ -255,7 +268,7 @@ def test_degenerate_batch_keeps_lambda_and_says_so():
     solver = SlimTik(memory_depth=0, initial_lambda=1e-3)
     _, info = solver.step(torch.zeros(1, 20, dtype=f64), Z, C)
     assert info.status is SlimTikStatus.DEGENERATE
-    assert info.lam == 0.0 and info.sum_lambda == 1e-3
+    assert info.lam == 0.0 and info.sum_lambda == pytest.approx(1e-3 * info.scale, rel=1e-15)
     assert "memory_depth" in info.status.value
 
 
@@ -266,19 +279,47 @@ def test_pure_noise_hits_upper_bound_status():
     solver = SlimTik(memory_depth=0, upper=1e-3)
     _, info = solver.step(torch.ones(1, 3, dtype=f64) * 10, Z, C)
     assert info.status is SlimTikStatus.LAMBDA_AT_UPPER
-    assert info.lam == pytest.approx(1e-3)
+    assert info.lam == pytest.approx(1e-3 * info.scale)
     assert "upper" in info.status.value
 
 
-def test_noise_free_data_drives_lambda_to_lower():
+def test_noise_free_data_drive_lambda_to_lower_silently():
+    """A floor that does not limit the fit is healthy: Lambda at lower, status OK."""
     gen = torch.Generator().manual_seed(9)
     batches = _batches(gen, 4, 1, [50, 50], noise=0.0)
     solver = SlimTik(memory_depth=1, initial_lambda=1.0)
     W = torch.zeros(1, 4, dtype=f64)
     for Z, C in batches:
         W, info = solver.step(W, Z, C)
-    assert info.status is SlimTikStatus.LAMBDA_AT_LOWER
-    assert solver.sum_lambda == pytest.approx(1e-7)
+    assert info.status is SlimTikStatus.OK
+    assert solver.sum_lambda == pytest.approx(1e-7 * info.scale)
+    assert info.rel_residual < 1e-6
+
+
+@pytest.mark.parametrize("units", ["relative", "absolute"])
+def test_a_floor_that_limits_the_fit_says_so(units):
+    """One feature column 1e-4 times smaller than the others carries half the signal: the
+    floor (1e-7 x the mean eigenvalue, or 1e-7 absolute) swamps its eigenvalue (~1e-8) and the
+    fit is poor; LAMBDA_AT_LOWER says so, and a lower floor fixes it."""
+    gen = torch.Generator().manual_seed(14)
+    p = 4
+    column_scale = torch.tensor([1.0, 1.0, 1.0, 1e-4], dtype=f64)
+    w_true = torch.tensor([[1.0, 1.0, 1.0, 1e4]], dtype=f64)
+
+    def run(lower):
+        solver = SlimTik(memory_depth=2, lower=lower, lambda_units=units)
+        W = torch.zeros(1, p, dtype=f64)
+        for _ in range(4):
+            Z = torch.randn(50, p, generator=gen, dtype=f64) * column_scale
+            C = Z @ w_true.T + 1e-3 * torch.randn(50, 1, generator=gen, dtype=f64)
+            W, info = solver.step(W, Z, C)
+        return info
+
+    bound = run(1e-7)
+    assert bound.status is SlimTikStatus.LAMBDA_AT_LOWER and "lower" in bound.status.value
+    assert bound.rel_residual > 0.1
+    freed = run(1e-16)
+    assert freed.status is SlimTikStatus.OK and freed.rel_residual < 1e-2
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -380,13 +421,16 @@ def test_never_nan_and_lambda_within_bounds(case):
     Z, C, steps, depth = case
     solver = SlimTik(memory_depth=depth, initial_lambda=1e-10)
     W = torch.zeros(C.shape[1], Z.shape[1], dtype=f64)
-    for _ in range(steps):
+    hi = 0.0
+    for k in range(steps):
         W, info = solver.step(W, Z, C)
         assert torch.isfinite(W).all()
         assert not math.isnan(info.gcv) and math.isfinite(info.rel_residual)
-        assert math.isfinite(info.lam)
-        lo, hi = solver.config.lower, solver.config.initial_lambda + solver.n_steps * 1e3
-        assert lo * (1 - 1e-9) <= solver.sum_lambda <= hi
+        assert math.isfinite(info.lam) and info.scale > 0
+        hi += (solver.config.initial_lambda if k == 0 else 0.0) * info.scale
+        hi += solver.config.upper * info.scale
+        lo = solver.config.lower * info.scale  # relative units: bounds times the data scale
+        assert lo * (1 - 1e-9) <= solver.sum_lambda <= hi * (1 + 1e-9)
 
 
 # ----------------------------------------------------------------------------- persistence
@@ -432,9 +476,10 @@ def test_repr_and_reset():
     assert s.n_steps == 0 and s.sum_lambda == 1e-10 and s.state.grams == ()
 
 
-def _stepped_solver(memory_depth: int = 2, steps: int = 3, seed: int = 12) -> SlimTik:
+def _stepped_solver(memory_depth: int = 2, steps: int = 3, seed: int = 12,
+                    lambda_units: str = "absolute") -> SlimTik:
     gen = torch.Generator().manual_seed(seed)
-    solver = SlimTik(memory_depth=memory_depth)
+    solver = SlimTik(memory_depth=memory_depth, lambda_units=lambda_units)
     W = torch.zeros(2, 5, dtype=f64)
     for Z, C in _batches(gen, 5, 2, [20] * steps):
         W, _ = solver.step(W, Z, C)
@@ -497,9 +542,21 @@ def test_load_state_dict_rejects_each_inconsistency_without_changing_state(key, 
     assert target.config == source.config and _snapshot(target)[:2] == _snapshot(source)[:2]
 
 
+@pytest.mark.parametrize("value", [0.0, -1.0])
+def test_load_state_dict_relative_units_needs_positive_lambda(value):
+    source = _stepped_solver(lambda_units="relative")
+    sd = source.state_dict()
+    target = _stepped_solver(lambda_units="relative", seed=13)
+    before = _snapshot(target)
+    with pytest.raises(ValueError, match="Lambda > 0"):
+        target.load_state_dict(dict(sd, sum_lambda=value))
+    assert _snapshot(target)[:2] == before[:2]
+    target.load_state_dict(dict(sd, sum_lambda=1e-300))  # the floor is relative: any Lambda > 0
+
+
 def test_fresh_solver_state_round_trips_below_lower():
     # Before the first step Lambda is initial_lambda (1e-10), below lower (1e-7): still valid.
-    fresh = SlimTik()
+    fresh = SlimTik(lambda_units="absolute")
     other = _stepped_solver()
     other.load_state_dict(fresh.state_dict())
     assert other.n_steps == 0 and other.sum_lambda == 1e-10 and other.state.grams == ()
@@ -520,16 +577,17 @@ def test_a_clipped_increment_says_so():
     gen = torch.Generator().manual_seed(13)
     (Z, C), (Z2, C2) = _batches(gen, 4, 1, [20, 20])
     # SPEC defaults: initial_lambda 1e-10 < lower 1e-7, so the first constant step is clipped.
-    solver = SlimTik(lambda_rule="constant")
+    solver = SlimTik(lambda_rule="constant", memory_depth=0)
     W, info = solver.step(torch.zeros(1, 4, dtype=f64), Z, C)
     assert info.status is SlimTikStatus.CLIPPED and "lower" in info.status.value
-    assert info.sum_lambda == solver.config.lower
-    W, info = solver.step(W, Z2, C2)  # now Lambda + initial_lambda >= lower
+    assert info.sum_lambda == solver.config.lower * info.scale
+    first = info
+    W, info = solver.step(W, Z, C)  # now Lambda + initial_lambda >= lower (same scale)
     assert info.status is SlimTikStatus.CONSTANT
-    assert info.sum_lambda == pytest.approx(solver.config.lower + 1e-10, rel=1e-12)
+    assert info.sum_lambda == pytest.approx(first.sum_lambda + 1e-10 * info.scale, rel=1e-12)
     prescribed = SlimTik(initial_lambda=0.5)
     _, info = prescribed.step(torch.zeros(1, 4, dtype=f64), Z, C, lam=-2.0)
     assert info.status is SlimTikStatus.CLIPPED
-    assert info.sum_lambda == pytest.approx(prescribed.config.lower, rel=1e-9)
+    assert info.sum_lambda == pytest.approx(prescribed.config.lower * info.scale, rel=1e-9)
     _, info = prescribed.step(torch.zeros(1, 4, dtype=f64), Z, C, lam=0.1)
     assert info.status is SlimTikStatus.OK

@@ -55,8 +55,8 @@ def _run(structure: GramStructure | None, batches, config: SlimTikConfig, W0: to
     state, W, out = initial_state(config), W0, []
     for Z, C in batches:
         stats = gram_statistics(Z, C)._replace(structure=structure)
-        W, state, info = slimtik_update(W, stats, state, config)
-        out.append((W, info))
+        W, state, record = slimtik_update(W, stats, state, config)
+        out.append((W, record.to_info()))
     return out
 
 
@@ -127,7 +127,7 @@ def test_wrong_structure_falls_back_to_dense(monkeypatch):
     dense = slimtik_update(W0, stats, initial_state(config), config)
     claimed = slimtik_update(W0, stats._replace(structure=structure), initial_state(config),
                              config)
-    assert torch.equal(dense[0], claimed[0]) and dense[2] == claimed[2]
+    assert torch.equal(dense[0], claimed[0]) and dense[2].to_info() == claimed[2].to_info()
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -150,17 +150,31 @@ def test_block_path_is_finite_and_agrees(sizes, bias, rows, scale, empty, seed):
     block = _run(structure, batches, config, W0)
     gram_norm = max(float(torch.linalg.matrix_norm(Z.T @ Z, ord=2)) / Z.shape[0]
                     for Z, _ in batches)
+    drift = 0.0  # the paths' increments' differences so far, relative to Lambda
+    W_max, steps = 0.0, 0
     for (Wd, infod), (Wb, infob) in zip(dense, block, strict=True):
         assert bool(torch.isfinite(Wb).all())
-        assert config.lower <= infob.sum_lambda <= config.initial_lambda + 3 * config.upper
+        # sGCV's refinement on the two paths can land apart by rounding where its minimum is
+        # interior (relative units); dW/dlam is at most about |W| / Lambda, and a difference
+        # carries over to the later steps' W.
+        drift += abs(infob.lam - infod.lam) / min(infob.sum_lambda, infod.sum_lambda)
+        steps += 1
+        # Relative units: the bounds are multiples of the data scale of each step.
+        top = max(i.scale for _, i in block) * (config.initial_lambda + 3 * config.upper)
+        assert config.lower * infob.scale * (1 - 1e-9) <= infob.sum_lambda <= top * (1 + 1e-9)
         # Both paths solve the same (often singular) system; where sGCV picks the same
         # increment the weights agree to the conditioning of M + Lambda I.
         # Tolerance: rounding amplified by the condition number of M + Lambda I (M holds at most
         # two batches' Grams, each scaled by 1 / rows).
         if infob.lam == pytest.approx(infod.lam, rel=1e-6, abs=1e-12):
             cond = 1.0 + 2.0 * gram_norm / infod.sum_lambda
-            size = float(Wd.abs().max()) + 1.0
-            assert float((Wb - Wd).abs().max()) <= 1e-13 * cond * size
+            # The update W - (M + Lambda I)^{-1}(H + lam W) cancels terms as large as the
+            # previous W (a degenerate step at scale 1e-8 interpolates with |W| ~ 1e8, the next
+            # one at `upper` shrinks it 1e4-fold), and each step's rounding carries over to the
+            # next, so the tolerance is relative to the largest W so far, per step taken.
+            size = max(float(Wd.abs().max()), W_max) + 1.0
+            assert float((Wb - Wd).abs().max()) <= (1e-13 * steps * cond + 2.0 * drift) * size
+        W_max = max(W_max, float(Wd.abs().max()))
 
 
 TRANSPOSE_HEADS = [

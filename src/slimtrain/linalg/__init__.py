@@ -3,7 +3,9 @@
 No ``nn.Module`` and no I/O here.
 """
 
+from slimtrain.linalg.eigh import symmetric_eigh
 from slimtrain.linalg.sgcv import (
+    SGCVChoice,
     SGCVTerms,
     candidate_grid,
     select_lambda_sgcv,
@@ -13,8 +15,10 @@ from slimtrain.linalg.sgcv import (
 from slimtrain.linalg.slimtik import (
     SlimTikConfig,
     SlimTikInfo,
+    SlimTikRecord,
     SlimTikState,
     SlimTikStatus,
+    data_scale,
     initial_state,
     slimtik_update,
 )
@@ -23,17 +27,21 @@ from slimtrain.linalg.stats import GramStats, gram_statistics
 
 __all__ = [
     "GramStats",
+    "SGCVChoice",
     "SGCVTerms",
     "SlimTik",
     "SlimTikConfig",
     "SlimTikInfo",
+    "SlimTikRecord",
     "SlimTikState",
     "SlimTikStatus",
     "candidate_grid",
+    "data_scale",
     "gram_statistics",
     "initial_state",
     "select_lambda_sgcv",
     "sgcv_terms",
     "sgcv_values",
     "slimtik_update",
+    "symmetric_eigh",
 ]

@@ -37,7 +37,6 @@ References
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -46,6 +45,8 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from slimtrain._validation import check_int, check_real
+from slimtrain.linalg.eigh import CPU_EIGH_MAX_SIZE, symmetric_eigh
 from slimtrain.linalg.sgcv import (
     N_REFINE,
     REFINE_ROUNDS,
@@ -64,27 +65,40 @@ from slimtrain.linalg.structured import (
 )
 
 __all__ = [
+    "LambdaUnits",
     "SlimTikConfig",
+    "SlimTikRecord",
     "SlimTikState",
     "SlimTikInfo",
     "SlimTikStatus",
+    "data_scale",
+    "info_from_values",
     "initial_state",
     "slimtik_update",
 ]
 
 
 class SlimTikStatus(Enum):
-    """Outcome of a slimTik step; each value tells the user what it means and what to do."""
+    """Outcome of a slimTik step; each value tells the user what it means and what to do.
+
+    Only :attr:`OK` and :attr:`CONSTANT` need no action (:attr:`is_ok`). ``lower`` and ``upper``
+    below are in the units of ``lambda_units`` (by default multiples of the data scale, the mean
+    eigenvalue of the memory Gram).
+    """
 
     OK = "ok"
     CONSTANT = "ok: lambda_rule='constant' added initial_lambda to Lambda"
     LAMBDA_AT_UPPER = (
-        "sGCV chose the largest trial increment (upper); the batch asks for more regularization "
-        "than the grid allows: raise `upper`."
+        "sGCV chose the largest trial increment `upper`: the batch asks for more regularization "
+        "than the grid allows, i.e. the targets look like noise to a linear head on these "
+        "features. Check that targets and features belong together; raise `upper` if you "
+        "want W shrunk further."
     )
     LAMBDA_AT_LOWER = (
-        "Lambda reached its lower bound `lower`: sGCV found no benefit in regularizing; "
-        "lower `lower` if the features are well conditioned, or ignore."
+        "Lambda is held at its floor `lower` and the floor limits the fit: sGCV and the batch "
+        "residual would both be clearly lower below it (directions of the memory Gram with "
+        "eigenvalues under the floor carry signal). Standardize the feature columns, or lower "
+        "`lower`."
     )
     DEGENERATE = (
         "the rows held in memory (this batch included) are no more than the unknowns p, so the "
@@ -105,6 +119,36 @@ class SlimTikStatus(Enum):
     def is_ok(self) -> bool:
         """True for the statuses that need no action."""
         return self in (SlimTikStatus.OK, SlimTikStatus.CONSTANT)
+
+    @property
+    def code(self) -> int:
+        """Position in the enum: how a step carries its status as a tensor on the device."""
+        return _STATUS_LIST.index(self)
+
+    @classmethod
+    def from_code(cls, code: int) -> SlimTikStatus:
+        """Inverse of :attr:`code`."""
+        return _STATUS_LIST[code]
+
+
+_STATUS_LIST = list(SlimTikStatus)
+# Status codes as Python ints, for torch.where on the device.
+_OK, _CONSTANT, _AT_UPPER, _AT_LOWER, _DEGENERATE, _CLIPPED, _GCV_UNDEFINED = (
+    s.code for s in (
+        SlimTikStatus.OK, SlimTikStatus.CONSTANT, SlimTikStatus.LAMBDA_AT_UPPER,
+        SlimTikStatus.LAMBDA_AT_LOWER, SlimTikStatus.DEGENERATE, SlimTikStatus.CLIPPED,
+        SlimTikStatus.GCV_UNDEFINED,
+    )
+)
+
+#: The floor ``lower`` limits the fit (status ``LAMBDA_AT_LOWER``) when sGCV at the probe
+#: ``Lambda = FLOOR_PROBE * lower`` is below ``(1 - FLOOR_GCV_GAIN)`` times its value at the
+#: floor and the batch's squared residual there is lower by more than ``FLOOR_FIT_GAIN``
+#: times ``||Cs||_F^2``; otherwise a Lambda at the floor is healthy and the status is OK.
+FLOOR_GCV_GAIN = 1e-2
+FLOOR_FIT_GAIN = 1e-6
+
+LambdaUnits = Literal["relative", "absolute"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +171,13 @@ class SlimTikConfig:
         sGCV trial points per side of zero.
     refine : bool
         Refine the best sGCV trial point by a bounded search in ``log|lam|``.
+    lambda_units : {"relative", "absolute"}
+        ``"relative"`` (default): ``initial_lambda``, ``lower``, ``upper``, the trial grid and a
+        prescribed ``lam`` are multiples of the data scale of the step, the mean eigenvalue
+        ``trace(M) / p`` of the memory Gram, so that ``Z -> a Z``, ``C -> b C`` gives
+        ``W -> (b / a) W`` with the same statuses. ``"absolute"``: plain numbers in the units
+        of ``Z^T Z``. ``Lambda`` itself (state, ``info.sum_lambda``) is always absolute after
+        the first step.
     """
 
     memory_depth: int = 5
@@ -137,26 +188,26 @@ class SlimTikConfig:
     reduction: Literal["mean", "sum"] = "mean"
     n_candidates: int = 30
     refine: bool = True
+    lambda_units: LambdaUnits = "relative"
 
     def __post_init__(self) -> None:
-        _check_int("memory_depth", self.memory_depth, 0)
-        _check_int("n_candidates", self.n_candidates, 1)
-        for name in ("initial_lambda", "lower", "upper"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a real number, found {type(value).__name__}")
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, found {value}")
-        if self.initial_lambda < 0:
-            raise ValueError(f"initial_lambda must be >= 0, found {self.initial_lambda}")
-        if self.lower <= 0:
+        set_ = object.__setattr__  # frozen: store the normalised values
+        set_(self, "memory_depth", check_int("memory_depth", self.memory_depth, minimum=0))
+        set_(self, "n_candidates", check_int("n_candidates", self.n_candidates, minimum=1))
+        set_(self, "initial_lambda",
+             check_real("initial_lambda", self.initial_lambda, minimum=0.0))
+        lower = check_real("lower", self.lower)
+        if lower <= 0:
             raise ValueError(
-                f"lower must be > 0 (it keeps M + Lambda I positive definite), found {self.lower}"
+                f"lower must be > 0 (it keeps M + Lambda I positive definite), found {lower}"
             )
-        if self.upper <= self.lower:
+        set_(self, "lower", lower)
+        upper = check_real("upper", self.upper)
+        if upper <= lower:
             raise ValueError(
-                f"upper must be greater than lower, found lower={self.lower}, upper={self.upper}"
+                f"upper must be greater than lower, found lower={lower}, upper={upper}"
             )
+        set_(self, "upper", upper)
         if self.lambda_rule not in ("sgcv", "constant"):
             raise ValueError(
                 f"lambda_rule must be 'sgcv' or 'constant', found {self.lambda_rule!r}"
@@ -165,17 +216,14 @@ class SlimTikConfig:
             raise ValueError(f"reduction must be 'mean' or 'sum', found {self.reduction!r}")
         if not isinstance(self.refine, bool):
             raise TypeError(f"refine must be a bool, found {type(self.refine).__name__}")
+        if self.lambda_units not in ("relative", "absolute"):
+            raise ValueError(
+                f"lambda_units must be 'relative' or 'absolute', found {self.lambda_units!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python dict (for ``state_dict`` and reports)."""
         return asdict(self)
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, found {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, found {value}")
 
 
 class SlimTikState(NamedTuple):
@@ -187,33 +235,38 @@ class SlimTikState(NamedTuple):
         Scaled Grams ``(p, p)`` of the last ``memory_depth`` batches, oldest first (float64).
     rows : tuple of int
         Rows of those batches.
-    sum_lambda : float
-        Cumulative regularization ``Lambda``.
+    sum_lambda : Tensor
+        Cumulative regularization ``Lambda``, a 0-d float64 tensor (kept on the device so that
+        a step never reads it back to the host). Absolute after the first step; before it,
+        ``initial_lambda`` in the config's ``lambda_units``.
     step : int
         Steps taken.
     """
 
     grams: tuple[Tensor, ...]
     rows: tuple[int, ...]
-    sum_lambda: float
+    sum_lambda: Tensor
     step: int
 
 
 class SlimTikInfo(NamedTuple):
-    """What one step did.
+    """What one step did (Python numbers, for reports; see :class:`SlimTikRecord`).
 
     Attributes
     ----------
     lam : float
-        The increment added to ``Lambda``.
+        The increment added to ``Lambda`` (absolute).
     sum_lambda : float
-        ``Lambda`` after the step.
+        ``Lambda`` after the step (absolute; ``sum_lambda / scale`` is the relative value).
     gcv : float
         sGCV at ``lam`` (``inf`` where undefined).
     rel_residual : float
         ``||Zs W_new^T - Cs||_F / ||Cs||_F`` on this batch.
     status : SlimTikStatus
         Whether the choice hit a bound or the degenerate case, with what to do.
+    scale : float
+        The data scale of the step, ``trace(M) / p`` (1 when ``M = 0``), whatever
+        ``lambda_units``.
     """
 
     lam: float
@@ -221,11 +274,51 @@ class SlimTikInfo(NamedTuple):
     gcv: float
     rel_residual: float
     status: SlimTikStatus
+    scale: float = 1.0
+
+
+class SlimTikRecord(NamedTuple):
+    """What one step did, as 0-d tensors on the step's device (no host synchronisation).
+
+    Fields as in :class:`SlimTikInfo`; ``status`` is the int64 :attr:`SlimTikStatus.code`.
+    :meth:`to_info` reads them back in one transfer.
+    """
+
+    lam: Tensor
+    sum_lambda: Tensor
+    gcv: Tensor
+    rel_residual: Tensor
+    status: Tensor
+    scale: Tensor
+
+    def stacked(self) -> Tensor:
+        """The six fields in one float64 tensor of shape ``(6,)`` (the status code exactly)."""
+        return torch.stack([v.to(torch.float64) for v in self])
+
+    def to_info(self) -> SlimTikInfo:
+        """:class:`SlimTikInfo` of Python numbers: one device-to-host transfer."""
+        return info_from_values(self.stacked().tolist())
+
+
+def info_from_values(values: list[float]) -> SlimTikInfo:
+    """:class:`SlimTikInfo` from the list :meth:`SlimTikRecord.stacked` gives."""
+    lam, sum_lambda, gcv, rel, code, scale = values[:6]
+    return SlimTikInfo(lam, sum_lambda, gcv, rel, SlimTikStatus.from_code(int(code)), scale)
 
 
 def initial_state(config: SlimTikConfig) -> SlimTikState:
     """State before the first step: empty memory, ``Lambda = initial_lambda``."""
-    return SlimTikState((), (), float(config.initial_lambda), 0)
+    return SlimTikState((), (), torch.tensor(config.initial_lambda, dtype=torch.float64), 0)
+
+
+def data_scale(M: Tensor) -> Tensor:
+    """The data scale of a step, ``trace(M) / p`` (the mean eigenvalue of the memory Gram).
+
+    0-d tensor; 1 where ``M = 0`` (no scale to refer to) or the trace overflows.
+    Under ``Z -> a Z`` it becomes ``a^2`` times itself, like every eigenvalue of ``M``.
+    """
+    mean = torch.diagonal(M).sum() / M.shape[0]
+    return torch.where(torch.isfinite(mean) & (mean > 0), mean, torch.ones_like(mean))
 
 
 def slimtik_update(
@@ -234,12 +327,19 @@ def slimtik_update(
     state: SlimTikState,
     config: SlimTikConfig,
     lam: float | None = None,
-) -> tuple[Tensor, SlimTikState, SlimTikInfo]:
+    *,
+    cpu_eigh_max_size: int = CPU_EIGH_MAX_SIZE,
+) -> tuple[Tensor, SlimTikState, SlimTikRecord]:
     r"""One slimTik step from the batch statistics (pure; no validation, no dtype casts).
 
     .. math::
 
         W_{\text{new}}^\top = W^\top - (M + (\Lambda + \lambda) I)^{-1}(H + \lambda W^\top)
+
+    With ``lambda_units="relative"`` the bounds, the trial grid, ``initial_lambda`` (which
+    anchors ``Lambda_0 = initial_lambda * scale_0`` at the first step) and a prescribed ``lam``
+    are multiplied by the data scale ``trace(M) / p`` of this step (:func:`data_scale`).
+    Everything stays on the device of ``W``: no value is read back to the host.
 
     Parameters
     ----------
@@ -252,25 +352,30 @@ def slimtik_update(
     config : SlimTikConfig
         Statistical settings.
     lam : float, optional
-        A prescribed increment (a user schedule); overrides ``lambda_rule``. It is clipped so
-        that ``Lambda + lam >= lower``.
+        A prescribed increment (a user schedule) in ``lambda_units``; overrides
+        ``lambda_rule``. It is clipped so that ``Lambda + lam >= lower``.
+    cpu_eigh_max_size : int
+        Engineering option: on a non-CPU device, eigendecompose matrices (or blocks) of at most
+        this size on the CPU (:func:`slimtrain.linalg.eigh.symmetric_eigh`; 0: never).
 
     Returns
     -------
     W_new : Tensor
         Shape ``(t, p)``.
     state_new : SlimTikState
-    info : SlimTikInfo
+    record : SlimTikRecord
 
     References
     ----------
     Newman, Chung, Chung, Ruthotto, SIAM J. Sci. Comput. 44(4), 2022, Algorithm 1.
+    Chung, Chung, Slagel, Tenorio, Inverse Problems 36(5), 2020.
     """
     p = W.shape[1]
-    scale = 1.0 / stats.n_samples if config.reduction == "mean" else 1.0
-    G = stats.ztz * scale  # (p, p)
-    ZtC = stats.ztc * scale  # (p, t)
-    ctc = stats.ctc * scale
+    dtype, device = W.dtype, W.device
+    inv_n = 1.0 / stats.n_samples if config.reduction == "mean" else 1.0
+    G = stats.ztz * inv_n  # (p, p)
+    ZtC = stats.ztc * inv_n  # (p, t)
+    ctc = stats.ctc * inv_n
     WT = W.T  # (p, t)
     H = G @ WT - ZtC  # (p, t)
     r2 = ((WT * (H - ZtC)).sum() + ctc).clamp_min(0.0)
@@ -282,57 +387,65 @@ def slimtik_update(
     structure = stats.structure
     terms: SGCVTerms | ArrowTerms
     if structure is not None and _use_structure(structure, M, W.shape[0], config.n_candidates):
-        terms, finish = _structured_step(G, M, H, WT, r2, stats.n_rows, structure)
-    else:
-        terms, finish = _dense_step(G, M, H, WT, r2, stats.n_rows, not state.grams)
-
-    Lambda = state.sum_lambda
-    floor = config.lower - Lambda  # smallest admissible increment
-    status = SlimTikStatus.OK
-    if lam is not None or config.lambda_rule == "constant":
-        prescribed = lam is not None
-        asked = float(lam) if lam is not None else config.initial_lambda
-        lam = max(asked, floor)
-        if asked < floor:
-            status = SlimTikStatus.CLIPPED
-        elif not prescribed:
-            status = SlimTikStatus.CONSTANT
-    elif stats.n_rows + sum(state.rows) <= p:
-        lam = max(0.0, floor)
-        status = SlimTikStatus.DEGENERATE
-    else:
-        lam, _, finite = select_lambda_sgcv(
-            terms, Lambda, config.lower, config.upper, config.n_candidates, config.refine
+        terms, finish = _structured_step(
+            G, M, H, WT, r2, stats.n_rows, structure, cpu_eigh_max_size
         )
-        lam = max(lam, floor)
-        if not finite:
-            lam = max(0.0, floor)
-            status = SlimTikStatus.GCV_UNDEFINED
-        elif lam >= config.upper * (1.0 - 1e-12):
-            status = SlimTikStatus.LAMBDA_AT_UPPER
-        elif Lambda + lam <= config.lower * (1.0 + 1e-9):
-            status = SlimTikStatus.LAMBDA_AT_LOWER
+    else:
+        terms, finish = _dense_step(
+            G, M, H, WT, r2, stats.n_rows, not state.grams, cpu_eigh_max_size
+        )
+
+    scale = data_scale(M)
+    unit = scale if config.lambda_units == "relative" else torch.ones_like(scale)
+    Lambda = state.sum_lambda.to(device=device, dtype=dtype)
+    if state.step == 0:  # Lambda_0 = initial_lambda in lambda_units
+        Lambda = Lambda * unit
+    lower = config.lower * unit
+    floor = lower - Lambda  # smallest admissible increment
+
+    if lam is not None or config.lambda_rule == "constant":
+        asked = (float(lam) if lam is not None else config.initial_lambda) * unit
+        lam_t = torch.maximum(asked, floor)
+        status = torch.where(
+            asked < floor, _CLIPPED, _OK if lam is not None else _CONSTANT
+        )
+    elif stats.n_rows + sum(state.rows) <= p:
+        lam_t = floor.clamp_min(0.0)
+        status = torch.full((), _DEGENERATE, device=device)
+    else:
+        upper = config.upper * unit
+        choice = select_lambda_sgcv(
+            terms, Lambda, lower, upper, config.n_candidates, config.refine, unit=unit
+        )
+        lam_t = torch.where(choice.finite, torch.maximum(choice.lam, floor), floor.clamp_min(0.0))
+        at_floor = Lambda + lam_t <= lower * (1.0 + 1e-9)
+        floor_binds = (choice.probe_gcv < (1.0 - FLOOR_GCV_GAIN) * choice.gcv) & (
+            choice.residual - choice.probe_residual > FLOOR_FIT_GAIN * ctc
+        )
+        status = torch.where(
+            ~choice.finite, _GCV_UNDEFINED,
+            torch.where(
+                lam_t >= upper * (1.0 - 1e-12), _AT_UPPER,
+                torch.where(at_floor & floor_binds, _AT_LOWER, _OK),
+            ),
+        )
     # Land exactly on the bound when clipped (Lambda + (lower - Lambda) can round below lower).
-    new_lambda = max(Lambda + lam, config.lower)
-    lam = new_lambda - Lambda
+    new_lambda = torch.maximum(Lambda + lam_t, lower)
+    lam_t = new_lambda - Lambda
 
-    lam_t = torch.tensor([lam], dtype=W.dtype, device=W.device)
-    W_new, gcv, residual = finish(lam_t, Lambda, new_lambda)
-
-    rel = math.sqrt(float(residual[0]) / float(ctc)) if float(ctc) > 0 else math.sqrt(
-        float(residual[0])
-    )
+    W_new, gcv, residual = finish(lam_t.reshape(1), Lambda, new_lambda)
+    rel = torch.where(ctc > 0, residual[0] / ctc.clamp_min(1e-300), residual[0]).sqrt()
     depth = config.memory_depth
     grams = (state.grams + (G,))[-depth:] if depth > 0 else ()
     rows = (state.rows + (stats.n_rows,))[-depth:] if depth > 0 else ()
     state_new = SlimTikState(grams, rows, new_lambda, state.step + 1)
-    info = SlimTikInfo(lam, new_lambda, float(gcv[0]), rel, status)
-    return W_new, state_new, info
+    record = SlimTikRecord(lam_t, new_lambda, gcv[0], rel, status, scale)
+    return W_new, state_new, record
 
 
-# Finishes a step: (lam as a 1-element tensor, Lambda before, Lambda after) -> (W_new, sGCV at
-# lam, squared residual after the update), both of shape (1,).
-_Finish = Callable[[Tensor, float, float], tuple[Tensor, Tensor, Tensor]]
+# Finishes a step: (lam as a 1-element tensor, Lambda before, Lambda after, both 0-d) ->
+# (W_new, sGCV at lam, squared residual after the update), the last two of shape (1,).
+_Finish = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
 # Trial points of one sGCV selection: 2 n_candidates + 1 on the grid, plus the refinement's.
 _REFINE_POINTS = N_REFINE * REFINE_ROUNDS
@@ -353,10 +466,11 @@ def _use_structure(structure: GramStructure, M: Tensor, t: int, n_candidates: in
 
 
 def _dense_step(
-    G: Tensor, M: Tensor, H: Tensor, WT: Tensor, r2: Tensor, rows: int, memory_empty: bool
+    G: Tensor, M: Tensor, H: Tensor, WT: Tensor, r2: Tensor, rows: int, memory_empty: bool,
+    cpu_eigh_max_size: int = CPU_EIGH_MAX_SIZE,
 ) -> tuple[SGCVTerms, _Finish]:
     """One ``eigh`` of ``M = V diag(s) V^T``; sGCV in that basis (:mod:`slimtrain.linalg.sgcv`)."""
-    s, V = torch.linalg.eigh(M)
+    s, V = symmetric_eigh(M, cpu_eigh_max_size)
     # Without memory M = G, so V^T G V is diag(s): skip two O(p^3) products.
     Gt = torch.diag(s) if memory_empty else V.T @ (G @ V)
     s = s.clamp_min(0.0)
@@ -364,7 +478,9 @@ def _dense_step(
     Wt = V.T @ WT  # (p, t)
     terms = sgcv_terms(s, Gt, Ht, Wt, r2, rows)
 
-    def finish(lam: Tensor, sum_lambda: float, new_lambda: float) -> tuple[Tensor, Tensor, Tensor]:
+    def finish(
+        lam: Tensor, sum_lambda: Tensor, new_lambda: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         gcv, residual = sgcv_values(terms, lam, sum_lambda)
         U = (1.0 / (s + new_lambda)).unsqueeze(1) * (Ht + lam * Wt)  # (p, t)
         return (WT - V @ U).T.contiguous(), gcv, residual
@@ -374,10 +490,10 @@ def _dense_step(
 
 def _structured_step(
     G: Tensor, M: Tensor, H: Tensor, WT: Tensor, r2: Tensor, rows: int,
-    structure: GramStructure,
+    structure: GramStructure, cpu_eigh_max_size: int = CPU_EIGH_MAX_SIZE,
 ) -> tuple[SGCVTerms | ArrowTerms, _Finish]:
     """Block ``eigh`` of a block-arrow ``M`` (:mod:`slimtrain.linalg.structured`)."""
-    basis = block_basis(M, structure)
+    basis = block_basis(M, structure, cpu_eigh_max_size)
     Gt = basis.rotate_gram(G, structure.bias)
     Ht = basis.rotate(H)
     Wt = basis.rotate(WT)
@@ -385,7 +501,7 @@ def _structured_step(
         dense = sgcv_terms(basis.a, Gt, Ht, Wt, r2, rows)
 
         def finish_diag(
-            lam: Tensor, sum_lambda: float, new_lambda: float
+            lam: Tensor, sum_lambda: Tensor, new_lambda: Tensor
         ) -> tuple[Tensor, Tensor, Tensor]:
             gcv, residual = sgcv_values(dense, lam, sum_lambda)
             U = (1.0 / (basis.a + new_lambda)).unsqueeze(1) * (Ht + lam * Wt)
@@ -393,11 +509,11 @@ def _structured_step(
 
         return dense, finish_diag
     column = basis.rotate(M[:, -1:])  # (p, 1): the rotated bias column, its corner last
-    terms = ArrowTerms(basis.a, column[:-1, 0], float(column[-1, 0]), Gt, Ht, Wt, r2, rows,
+    terms = ArrowTerms(basis.a, column[:-1, 0], column[-1, 0], Gt, Ht, Wt, r2, rows,
                        int(H.shape[1]))
 
     def finish_arrow(
-        lam: Tensor, sum_lambda: float, new_lambda: float
+        lam: Tensor, sum_lambda: Tensor, new_lambda: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         gcv, residual, U = arrow_values(terms, lam, sum_lambda)
         return (WT - basis.unrotate(U[0])).T.contiguous(), gcv, residual

@@ -12,11 +12,21 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from slimtrain._validation import check_finite, check_same_device, check_tensor
+from slimtrain._threads import num_threads
+from slimtrain._validation import (
+    check_finite,
+    check_int,
+    check_real,
+    check_same_device,
+    check_tensor,
+)
+from slimtrain.linalg.eigh import CPU_EIGH_MAX_SIZE
 from slimtrain.linalg.slimtik import (
+    LambdaUnits,
     SlimTikConfig,
     SlimTikInfo,
     SlimTikState,
+    info_from_values,
     initial_state,
     slimtik_update,
 )
@@ -27,6 +37,12 @@ __all__ = ["SlimTik"]
 logger = logging.getLogger(__name__)
 
 StatsReducer = Callable[[GramStats], GramStats]
+
+#: Largest ``p`` whose CPU solve runs single-threaded (``benchmarks/slimtik_step.py``, columns
+#: "solve" and "solve 1t" and the eigh table: on 2 shared cores at load 6-8 one thread was
+#: faster at every head size, 257 x 257 eigh 15 ms against 52 ms; on an idle machine two
+#: threads may win for the largest heads, hence the cut below p = 1025).
+SINGLE_THREAD_MAX_P = 512
 
 
 class SlimTik:
@@ -56,16 +72,29 @@ class SlimTik:
         ``Lambda_0``; the fixed increment when ``lambda_rule="constant"``.
     lambda_rule : {"sgcv", "constant"}, default "sgcv"
     lower, upper : float, default 1e-7, 1e3
-        ``Lambda >= lower``; largest positive sGCV trial increment.
+        ``Lambda >= lower``; largest positive sGCV trial increment (in ``lambda_units``).
     reduction : {"mean", "sum"}, default "mean"
         ``"mean"`` divides each batch by ``sqrt(N)`` (N samples in that batch).
     n_candidates : int, default 30
         sGCV trial points per side.
     refine : bool, default True
         Refine the sGCV minimiser in ``log|lam|``.
+    lambda_units : {"relative", "absolute"}, default "relative"
+        ``"relative"``: ``initial_lambda``, ``lower``, ``upper``, the sGCV trial grid and a
+        prescribed ``lam`` are multiples of the data scale of each step, the mean eigenvalue
+        ``trace(M) / p`` of the memory Gram (``info.scale``), so that features ``a Z`` and
+        targets ``b C`` give ``(b / a) W``, the same predictions up to ``b`` and the same
+        statuses. ``"absolute"``: plain numbers in the units of ``Z^T Z`` (the behaviour
+        before this option existed, and of the paper's code). ``Lambda`` itself
+        (``info.sum_lambda``) is absolute either way.
     reducer : callable, optional
         Applied to the batch :class:`GramStats` before the solve (e.g. an all-reduce across
         processes, :mod:`slimtrain.training.distributed`).
+    cpu_eigh_max_size : int, default 0
+        Engineering option (not part of the state): when ``W`` is on a GPU, eigendecompose the
+        memory Gram (or its blocks) of at most this size on the CPU, where small ``eigh`` calls
+        are often faster; costs one synchronisation. Set it from
+        ``benchmarks/slimtik_step.py --device cuda``; 0 never moves anything.
 
     Examples
     --------
@@ -89,15 +118,17 @@ class SlimTik:
 
     def __init__(
         self,
-        memory_depth: int = 5,
-        initial_lambda: float = 1e-10,
-        lambda_rule: Literal["sgcv", "constant"] = "sgcv",
-        lower: float = 1e-7,
-        upper: float = 1e3,
-        reduction: Literal["mean", "sum"] = "mean",
-        n_candidates: int = 30,
-        refine: bool = True,
+        memory_depth: int = SlimTikConfig.memory_depth,
+        initial_lambda: float = SlimTikConfig.initial_lambda,
+        lambda_rule: Literal["sgcv", "constant"] = SlimTikConfig.lambda_rule,
+        lower: float = SlimTikConfig.lower,
+        upper: float = SlimTikConfig.upper,
+        reduction: Literal["mean", "sum"] = SlimTikConfig.reduction,
+        n_candidates: int = SlimTikConfig.n_candidates,
+        refine: bool = SlimTikConfig.refine,
         reducer: StatsReducer | None = None,
+        lambda_units: LambdaUnits = SlimTikConfig.lambda_units,
+        cpu_eigh_max_size: int = CPU_EIGH_MAX_SIZE,
     ) -> None:
         self.config = SlimTikConfig(
             memory_depth=memory_depth,
@@ -108,16 +139,18 @@ class SlimTik:
             reduction=reduction,
             n_candidates=n_candidates,
             refine=refine,
+            lambda_units=lambda_units,
         )
         self.reducer = reducer
+        self.cpu_eigh_max_size = check_int("cpu_eigh_max_size", cpu_eigh_max_size, minimum=0)
         self.state: SlimTikState = initial_state(self.config)
         self.last_info: SlimTikInfo | None = None
 
     # ------------------------------------------------------------------ properties
     @property
     def sum_lambda(self) -> float:
-        """Cumulative regularization ``Lambda``."""
-        return self.state.sum_lambda
+        """Cumulative regularization ``Lambda`` (reads it from the device)."""
+        return float(self.state.sum_lambda)
 
     @property
     def n_steps(self) -> int:
@@ -173,21 +206,26 @@ class SlimTik:
             raise ValueError("Z and C have no rows; expected a non-empty batch")
         check_finite("Z", Z)
         check_finite("C", C)
-        if n_samples is not None and (
-            isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples <= 0
-        ):
-            raise ValueError(f"n_samples must be a positive int, found {n_samples!r}")
+        if n_samples is not None:
+            n_samples = check_int("n_samples", n_samples, minimum=1)
         stats = gram_statistics(Z, C, n_samples=n_samples)
-        return self.step_statistics(W, stats, lam=lam)
+        self.check_statistics(W, stats, lam, inputs_finite=True)
+        return self.step_statistics(W, stats, lam=lam, checked=True)
 
-    def check_statistics(self, W: Tensor, stats: GramStats, lam: float | None = None) -> None:
+    def check_statistics(
+        self, W: Tensor, stats: GramStats, lam: float | None = None, *,
+        inputs_finite: bool = False,
+    ) -> None:
         """Raise ``ValueError``/``TypeError`` unless ``stats`` (and ``lam``) fit ``W`` and this
         solver's memory and are finite. Changes nothing; :meth:`step_statistics` calls it.
+
+        ``inputs_finite`` says the rows the statistics come from were checked finite, so that
+        non-finite statistics can only be an overflow of the sums (the message says so).
         """
         W = check_tensor("W", W, ndim=2)
         check_finite("W", W)
-        if lam is not None and not (isinstance(lam, (int, float)) and math.isfinite(lam)):
-            raise ValueError(f"lam must be a finite real number, found {lam!r}")
+        if lam is not None:
+            check_real("lam", lam)
         t, p = W.shape
         if tuple(stats.ztz.shape) != (p, p) or tuple(stats.ztc.shape) != (p, t):
             raise ValueError(
@@ -200,7 +238,7 @@ class SlimTik:
                 f"n_rows={stats.n_rows}"
             )
         for name in ("ztz", "ztc", "ctc"):
-            check_finite(f"batch statistic {name}", getattr(stats, name))
+            _check_statistic(name, getattr(stats, name), inputs_finite)
         for g in self.state.grams:
             if g.shape != (p, p):
                 raise ValueError(
@@ -231,12 +269,25 @@ class SlimTik:
         state = self.state
         if any(g.device != device for g in state.grams):
             state = state._replace(grams=tuple(g.to(device) for g in state.grams))
-        W_new, new_state, info = slimtik_update(W.to(work), stats64, state, self.config, lam)
-        if not bool(torch.isfinite(W_new).all()):  # pragma: no cover - guarded by construction
+        if state.sum_lambda.device != device:
+            state = state._replace(sum_lambda=state.sum_lambda.to(device))
+        p = int(W.shape[1])
+        threads = 1 if device.type == "cpu" and p <= SINGLE_THREAD_MAX_P else None
+        with num_threads(threads or torch.get_num_threads()):
+            W_new, new_state, record = slimtik_update(
+                W.to(work), stats64, state, self.config, lam,
+                cpu_eigh_max_size=self.cpu_eigh_max_size,
+            )
+            # The one device-to-host transfer of the step: the info and a finiteness flag.
+            values = torch.cat(
+                (record.stacked(), torch.isfinite(W_new).all().to(work).reshape(1))
+            ).tolist()
+        if values[-1] != 1.0:  # pragma: no cover - guarded by construction
             raise FloatingPointError(
                 "slimTik produced non-finite weights; the state was left unchanged. "
                 "Report this with the batch statistics."
             )
+        info = info_from_values(values)
         self.state = new_state
         self.last_info = info
         if not info.status.is_ok:
@@ -255,7 +306,7 @@ class SlimTik:
             "config": self.config.to_dict(),
             "grams": [g.clone() for g in self.state.grams],
             "rows": list(self.state.rows),
-            "sum_lambda": self.state.sum_lambda,
+            "sum_lambda": float(self.state.sum_lambda),
             "step": self.state.step,
         }
 
@@ -296,10 +347,16 @@ class SlimTik:
                 f"state_dict 'sum_lambda' must be a finite real number, found {sum_lambda!r}"
             )
         starting = step == 0 and sum_lambda == config.initial_lambda
-        if sum_lambda < config.lower and not starting:
+        if config.lambda_units == "absolute" and sum_lambda < config.lower and not starting:
             raise ValueError(
                 f"state_dict 'sum_lambda' is {sum_lambda!r}, below lower={config.lower!r} of its "
                 "config; expected Lambda >= lower (or initial_lambda before the first step)"
+            )
+        if config.lambda_units == "relative" and sum_lambda <= 0 and not starting:
+            # The floor is lower * (the data scale of the step), known only at the next step.
+            raise ValueError(
+                f"state_dict 'sum_lambda' is {sum_lambda!r}; with lambda_units='relative' "
+                "expected Lambda > 0 (or initial_lambda before the first step)"
             )
         raw_rows, raw_grams = state_dict["rows"], state_dict["grams"]
         for name, value in (("rows", raw_rows), ("grams", raw_grams)):
@@ -347,7 +404,7 @@ class SlimTik:
         self.state = SlimTikState(
             tuple(g.detach().clone() for g in raw_grams),
             tuple(int(r) for r in raw_rows),
-            float(sum_lambda),
+            torch.tensor(float(sum_lambda), dtype=torch.float64),
             int(step),
         )
         self.last_info = None
@@ -357,8 +414,8 @@ class SlimTik:
         return (
             f"SlimTik(memory_depth={c.memory_depth}, initial_lambda={c.initial_lambda:g}, "
             f"lambda_rule={c.lambda_rule!r}, lower={c.lower:g}, upper={c.upper:g}, "
-            f"reduction={c.reduction!r}; step={self.state.step}, "
-            f"sum_lambda={self.state.sum_lambda:.4g})"
+            f"reduction={c.reduction!r}, lambda_units={c.lambda_units!r}; "
+            f"step={self.state.step}, sum_lambda={self.sum_lambda:.4g})"
         )
 
 
@@ -377,3 +434,26 @@ def _config_from_dict(data: Any) -> SlimTikConfig:
         return SlimTikConfig(**data)
     except (TypeError, ValueError) as error:
         raise ValueError(f"state_dict 'config' is invalid: {error}") from error
+
+
+def _check_statistic(name: str, value: Tensor, inputs_finite: bool) -> None:
+    """Finite batch statistic, or a ValueError that tells an overflow from bad inputs."""
+    if bool(torch.isfinite(value).all()):
+        return
+    bad = int((~torch.isfinite(value)).sum())
+    what = {"ztz": "the Gram Z^T Z", "ztc": "the cross products Z^T C",
+            "ctc": "the squared target norm ||C||^2"}[name]
+    largest = torch.finfo(value.dtype).max
+    if inputs_finite:
+        raise ValueError(
+            f"{what} overflowed: {bad} of its {value.numel()} entries exceed the {value.dtype} "
+            f"range (about {largest:.1e}) although Z and C are finite. Rescale the features "
+            "and targets (e.g. standardize them); slimTik gives the same predictions in any "
+            "units"
+        )
+    raise ValueError(
+        f"batch statistic {name} ({what}) must be finite, found {bad} NaN or Inf value(s) out "
+        f"of {value.numel()}. If the rows were finite, the sums overflowed the {value.dtype} "
+        f"range (about {largest:.1e}): rescale the features and targets (e.g. standardize "
+        "them)"
+    )

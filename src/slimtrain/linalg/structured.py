@@ -47,6 +47,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from slimtrain.linalg.eigh import CPU_EIGH_MAX_SIZE, symmetric_eigh
+
 __all__ = [
     "GramStructure",
     "ArrowTerms",
@@ -135,8 +137,8 @@ class ArrowTerms(NamedTuple):
         Eigenvalues of the blocks of ``M``, clipped at 0, shape ``(p - 1,)``.
     b : Tensor
         Rotated bias column of ``M``, ``(p - 1,)``.
-    c : float
-        Bias entry of ``M``.
+    c : Tensor
+        Bias entry of ``M``, 0-d.
     G, H, W : Tensor
         Rotated ``G`` ``(p, p)``, ``H`` ``(p, t)``, ``W^T`` ``(p, t)``.
     r2 : Tensor
@@ -147,7 +149,7 @@ class ArrowTerms(NamedTuple):
 
     a: Tensor
     b: Tensor
-    c: float
+    c: Tensor
     G: Tensor
     H: Tensor
     W: Tensor
@@ -157,7 +159,7 @@ class ArrowTerms(NamedTuple):
 
 
 def arrow_values(
-    terms: ArrowTerms, lams: Tensor, sum_lambda: float
+    terms: ArrowTerms, lams: Tensor, sum_lambda: Tensor | float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """sGCV, post-update squared residual and the rotated increment for candidate ``lams``.
 
@@ -166,7 +168,8 @@ def arrow_values(
     terms : ArrowTerms
     lams : Tensor
         Candidate increments ``(n,)``, ``sum_lambda + lams > 0``.
-    sum_lambda : float
+    sum_lambda : Tensor or float
+        ``Lambda`` (0-d tensor or number).
 
     Returns
     -------
@@ -246,15 +249,21 @@ class BlockBasis(NamedTuple):
         return Gt
 
 
-def block_basis(M: Tensor, structure: GramStructure) -> BlockBasis:
-    """Batched ``eigh`` of the diagonal blocks of ``M`` (float64), one call per block size."""
+def block_basis(
+    M: Tensor, structure: GramStructure, cpu_eigh_max_size: int = CPU_EIGH_MAX_SIZE
+) -> BlockBasis:
+    """Batched ``eigh`` of the diagonal blocks of ``M`` (float64), one call per block size.
+
+    Blocks of size at most ``cpu_eigh_max_size`` are decomposed on the CPU when ``M`` is on
+    another device (:func:`slimtrain.linalg.eigh.symmetric_eigh`).
+    """
     layout = _layout(structure, str(M.device))
     perm = layout.perm
     Qs, eigs = [], []
     for offset, k, size in layout.classes:
         idx = perm[offset : offset + k * size].view(k, size)
         Mb = M[idx.unsqueeze(2), idx.unsqueeze(1)]
-        s, Q = torch.linalg.eigh(0.5 * (Mb + Mb.transpose(1, 2)))
+        s, Q = symmetric_eigh(0.5 * (Mb + Mb.transpose(1, 2)), cpu_eigh_max_size)
         Qs.append(Q)
         eigs.append(s.reshape(-1))
     a = torch.cat(eigs).clamp_min(0.0) if eigs else M.new_zeros(0)
