@@ -122,11 +122,12 @@ def test_one_update_never_increases_the_regularized_batch_loss(
 def test_a_step_minimizes_majorizer_plus_b_lam_and_b_lambda_proximal_terms(name):
     # The documented Lambda mapping: with increment lam from Lambda_old, slimTik's W_new is
     # argmin (b/2N)||Z W'^T - C~||^2 + (b lam / 2)||W'||^2 + (b Lambda_old / 2)||W' - W||^2,
-    # here by brute force (lstsq on the stacked system).
+    # here by brute force (lstsq on the stacked system). Absolute units, so that Lambda_old and
+    # lam are the values in that objective (relative units multiply both by the data scale).
     Z, W, y = _problem(7, n=50, p=5, t=3, name=name, scale=2.0)
     b, n = CURVATURE[name], Z.shape[0]
     Lambda_old, lam = 0.3, 0.05
-    solver = SlimTik(memory_depth=0, initial_lambda=Lambda_old)
+    solver = SlimTik(memory_depth=0, initial_lambda=Lambda_old, lambda_units="absolute")
     C = working_targets(Z @ W.T, y, name)
     W_new, info = solver.step(W, Z, C, lam=lam)
     assert info.lam == pytest.approx(lam)
