@@ -56,8 +56,17 @@ def plot_accuracy_curves(
     ylabel: str = "accuracy",
 ) -> Figure:
     """Validation (solid) and training (dashed) accuracy per epoch of every method (the
-    ``val_accuracy`` and ``train_accuracy`` lists, fractions in [0, 1])."""
-    return _plot_curves(methods, "accuracy", title, ylabel, log=False)
+    ``val_accuracy`` and ``train_accuracy`` lists, fractions in [0, 1]). The axis spans the
+    accuracies after training starts (epoch 0, the untrained network, may lie below it)."""
+    fig = _plot_curves(methods, "accuracy", title, ylabel, log=False)
+    trained = np.asarray([v for curves in methods.values() for key in ("val_accuracy",
+                          "train_accuracy") for v in list(curves.get(key, []))[1:]], dtype=float)
+    trained = trained[np.isfinite(trained)]
+    if trained.size:
+        low, high = float(trained.min()), float(trained.max())
+        pad = max(0.05 * (high - low), 0.005)
+        fig.axes[0].set_ylim(max(low - pad, 0.0), min(high + pad, 1.0))
+    return fig
 
 
 def _plot_curves(
