@@ -32,7 +32,7 @@ from slimtrain.experiments.inverse import InverseOptions
 from slimtrain.experiments.kernel import KernelOptions
 from slimtrain.experiments.runner import data_fingerprint
 from slimtrain.experiments.setups import make_setup
-from slimtrain.experiments.training import AutoencoderOptions, TrainingRunOptions
+from slimtrain.experiments.training import DataRunOptions, TrainingRunOptions
 
 pytestmark = pytest.mark.usefixtures("few_threads")
 
@@ -158,9 +158,9 @@ def test_autoencoder_without_data_says_so_first(monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """Defect 5: it trained on 8x8 digits without a word."""
     notice = REGISTRY["autoencoder"].notice
-    assert notice is not None and "8x8 digits" in str(notice(AutoencoderOptions(
+    assert notice is not None and "8x8 digits" in str(notice(DataRunOptions(
         experiment="autoencoder")))
-    assert notice(AutoencoderOptions(experiment="autoencoder", data=tmp_path)) is None
+    assert notice(DataRunOptions(experiment="autoencoder", data=tmp_path)) is None
 
     def fake(*args: Any, **kwargs: Any) -> Any:
         return report.Result({"experiment": "autoencoder"}, [], {}, "TABLE")

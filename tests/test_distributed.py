@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import socket
 from pathlib import Path
 
 import pytest
@@ -70,17 +69,12 @@ def _worker(rank: int, world: int, port: int, kind: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("kind", ["linear", "conv_transpose"])
-def test_two_processes_match_one(tmp_path, kind):
+def test_two_processes_match_one(tmp_path, kind, free_port):
     single = _train(kind, 1, 0)
-    mp.spawn(_worker, args=(2, _free_port(), kind, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port, kind, str(tmp_path)), nprocs=2, join=True)
     for r in range(2):
         multi = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
         assert multi["sum_lambda"] == pytest.approx(single["sum_lambda"], rel=1e-10)
@@ -135,8 +129,8 @@ def _bad_shard_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_a_bad_shard_on_one_rank_stops_every_rank_without_hanging(tmp_path):
-    mp.spawn(_bad_shard_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_a_bad_shard_on_one_rank_stops_every_rank_without_hanging(tmp_path, free_port):
+    mp.spawn(_bad_shard_worker, args=(2, free_port, str(tmp_path)), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert "process 1 rejected" in results[0]["message"]
     assert "non-finite" in results[1]["message"] or "NaN" in results[1]["message"]

@@ -4,7 +4,6 @@ shard, one all-reduce sums the statistics, and 2 gloo processes match 1 on the s
 from __future__ import annotations
 
 import itertools
-import socket
 from pathlib import Path
 
 import pytest
@@ -74,15 +73,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.mark.timeout(180)
-def test_two_processes_match_one_with_cross_entropy(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_two_processes_match_one_with_cross_entropy(tmp_path, free_port):
+    mp.spawn(_worker, args=(2, free_port, str(tmp_path)), nprocs=2, join=True)
     for kind, r in itertools.product(KINDS, range(2)):
         single = _train(kind, 1, 0)
         multi = torch.load(tmp_path / f"{kind}-rank{r}.pt", weights_only=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import doctest
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.metrics.pairwise import rbf_kernel
-from threadpoolctl import threadpool_limits
 
 from slimtrain.kernels import config, eigenpro, memory, nystrom, preconditioner, setup
 from slimtrain.kernels.eigenpro import (
@@ -40,17 +38,7 @@ from slimtrain.kernels.eigenpro import (
 )
 from slimtrain.kernels.functions import kernel_matmul, make_kernel
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _few_threads() -> Iterator[None]:
-    """Small problems run on one torch thread and one BLAS thread: with two threads per library
-    on a busy two-core machine, OpenMP barriers and OpenBLAS spinning turned 10 ms eigensolves
-    into seconds."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("few_threads")
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import doctest
 import math
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ from sklearn.utils.estimator_checks import (
     check_methods_subset_invariance,
     parametrize_with_checks,
 )
-from threadpoolctl import threadpool_limits
 
 from slimtrain.kernels import (
     EigenProClassifier,
@@ -32,15 +30,7 @@ from slimtrain.kernels.eigenpro import eigenpro_step_and_batch
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
-@pytest.fixture(autouse=True, scope="module")
-def _few_threads() -> Iterator[None]:
-    """Small problems run on one torch thread and one BLAS thread (two threads per library on
-    a busy two-core machine made the OpenMP barriers and OpenBLAS spinning dominate)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("few_threads")
 
 
 @parametrize_with_checks(

@@ -162,11 +162,11 @@ def test_callable_kernel_may_return_numpy() -> None:
     ("kernel", "bandwidth", "error", "match"),
     [
         ("polynomial", 1.0, ValueError, "unknown kernel 'polynomial'.*gaussian"),
-        ("gaussian", 0.0, ValueError, "bandwidth must be a positive finite number; got 0.0"),
-        ("laplacian", -1.0, ValueError, "bandwidth must be a positive"),
-        ("cauchy", float("nan"), ValueError, "bandwidth must be a positive"),
-        ("gaussian", float("inf"), ValueError, "bandwidth must be a positive"),
-        ("gaussian", "5", TypeError, "bandwidth must be a positive real number"),
+        ("gaussian", 0.0, ValueError, "bandwidth must be > 0.0, found 0.0"),
+        ("laplacian", -1.0, ValueError, "bandwidth must be > 0.0, found -1.0"),
+        ("cauchy", float("nan"), ValueError, "bandwidth must be finite, found nan"),
+        ("gaussian", float("inf"), ValueError, "bandwidth must be finite, found inf"),
+        ("gaussian", "5", TypeError, "bandwidth must be a real number, found '5'"),
         (3, 1.0, TypeError, "kernel must be one of"),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -282,30 +283,15 @@ def _every_method_worker(rank: int, world: int, port: int, folder: str) -> None:
 
 @pytest.fixture(scope="module")
 def every_method_two_processes(
-    tmp_path_factory: pytest.TempPathFactory, cdr_cache: Path
+    tmp_path_factory: pytest.TempPathFactory, cdr_cache: Path, new_port: Callable[[], int]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Every method on the CDR network, one epoch of 13 steps, in one process and in two."""
     single = run_methods(_cdr64(), ALL_METHODS, _cdr_options())
     folder = tmp_path_factory.mktemp("two")
-    with socket_port() as port:
-        mp.spawn(_every_method_worker, args=(2, port, str(folder)), nprocs=2, join=True)
+    mp.spawn(_every_method_worker, args=(2, new_port(), str(folder)), nprocs=2, join=True)
     ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
     return ({m: {"val_loss": r.history.column("val_loss"), "state": _plain_state(
         r.trainer.model)} for m, r in single.items()}, ranks)
-
-
-class socket_port:  # noqa: N801  (a context manager used like a function)
-    """A free port (the fixture ``free_port`` is function-scoped; this one is for fixtures)."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 @pytest.mark.timeout(300)

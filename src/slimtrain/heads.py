@@ -67,6 +67,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_weight
 
-from slimtrain._validation import check_finite, check_same_device, check_tensor
+from slimtrain._validation import check_finite, check_int, check_same_device, check_tensor
 from slimtrain.linalg.correlation import (
     Window,
     WindowPlan,
@@ -154,12 +155,11 @@ H = TypeVar("H", bound=nn.Module)
 
 
 def _pair(value: Any, name: str, head: nn.Module) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    pair = tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-        raise ValueError(f"{type(head).__name__}.{name} must be two ints, found {value!r}")
-    return int(pair[0]), int(pair[1])
+    label = f"{type(head).__name__}.{name}"
+    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
+    if len(pair) != 2:
+        raise ValueError(f"{label} must be two ints, found {value!r}")
+    return check_int(label, pair[0], minimum=0), check_int(label, pair[1], minimum=0)
 
 
 def _is_lazy(param: Tensor | None) -> bool:

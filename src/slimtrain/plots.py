@@ -19,6 +19,7 @@ from slimtrain._io import atomic_write
 
 __all__ = [
     "new_figure",
+    "plot_accuracy_curves",
     "plot_lambda",
     "plot_loss_curves",
     "plot_reconstructions",
@@ -46,17 +47,44 @@ def plot_loss_curves(
     ylabel: str = "loss",
 ) -> Figure:
     """Validation (solid) and training (dashed) loss per epoch of every method, log scale."""
+    return _plot_curves(methods, "loss", title, ylabel, log=True)
+
+
+def plot_accuracy_curves(
+    methods: Mapping[str, Mapping[str, Sequence[float]]],
+    title: str = "",
+    ylabel: str = "accuracy",
+) -> Figure:
+    """Validation (solid) and training (dashed) accuracy per epoch of every method (the
+    ``val_accuracy`` and ``train_accuracy`` lists, fractions in [0, 1]). The axis spans the
+    accuracies after training starts (epoch 0, the untrained network, may lie below it)."""
+    fig = _plot_curves(methods, "accuracy", title, ylabel, log=False)
+    trained = np.asarray([v for curves in methods.values() for key in ("val_accuracy",
+                          "train_accuracy") for v in list(curves.get(key, []))[1:]], dtype=float)
+    trained = trained[np.isfinite(trained)]
+    if trained.size:
+        low, high = float(trained.min()), float(trained.max())
+        pad = max(0.05 * (high - low), 0.005)
+        fig.axes[0].set_ylim(max(low - pad, 0.0), min(high + pad, 1.0))
+    return fig
+
+
+def _plot_curves(
+    methods: Mapping[str, Mapping[str, Sequence[float]]], key: str, title: str, ylabel: str,
+    log: bool,
+) -> Figure:
     fig, ax = new_figure(figsize=(6.4, 4.2))
     for method, curves in methods.items():
         color, label = _label(method)
-        val = np.asarray(curves.get("val_loss", []), dtype=float)
-        train = np.asarray(curves.get("train_loss", []), dtype=float)
+        val = np.asarray(curves.get(f"val_{key}", []), dtype=float)
+        train = np.asarray(curves.get(f"train_{key}", []), dtype=float)
         if val.size and np.isfinite(val).any():
             ax.plot(np.arange(val.size), val, "-", color=color, label=f"{label} (validation)")
         if train.size:
             ax.plot(np.arange(train.size), train, "--", color=color, alpha=0.7,
                     label=f"{label} (training)")
-    ax.set_yscale("log")
+    if log:
+        ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

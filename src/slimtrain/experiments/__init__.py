@@ -1,7 +1,7 @@
 """Paper-style experiments, each declared once in :data:`REGISTRY` (and a command of the CLI).
 
-- ``cdr``, ``peaks``, ``autoencoder`` (:mod:`~slimtrain.experiments.training`): slimTrain
-  against gradient baselines through one loop; ``sweep``: their sensitivity grid;
+- ``cdr``, ``peaks``, ``autoencoder``, ``classify`` (:mod:`~slimtrain.experiments.training`):
+  slimTrain against gradient baselines through one loop; ``sweep``: their sensitivity grid;
 - ``inverse``: slimTik on a streaming linear inverse problem;
 - ``kernel``: EigenPro against exact kernel ridge regression.
 

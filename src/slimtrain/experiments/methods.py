@@ -12,6 +12,7 @@ from torch import nn
 from slimtrain._validation import check_int
 from slimtrain.experiments.options import METHODS, TrainingOptions
 from slimtrain.training import distributed as dist_utils
+from slimtrain.training.losses import LossName
 from slimtrain.training.model import SeparableModel
 from slimtrain.training.trainers import GradientTrainer, SlimTrain, Trainer
 
@@ -42,9 +43,10 @@ def _rank_device(device: str) -> str:
 
 
 def make_trainer(
-    method: str, features: nn.Module, head: nn.Module, options: TrainingOptions
+    method: str, features: nn.Module, head: nn.Module, options: TrainingOptions,
+    loss: LossName = "squared",
 ) -> Trainer:
-    """The trainer of one method on a freshly built network.
+    """The trainer of one method on a freshly built network, training on ``loss``.
 
     The model goes to ``options.device``; under torch.distributed with CUDA each rank uses its
     own GPU, ``cuda:{LOCAL_RANK}``, for the model and DDP's ``device_ids``. The feature
@@ -71,7 +73,7 @@ def make_trainer(
             opt = torch.optim.Adam(theta, lr=options.lr, weight_decay=decay)
         else:
             opt = prodigyopt.Prodigy(theta, lr=1.0, weight_decay=decay)
-        return SlimTrain(model, opt, **asdict(options.slimtik))
+        return SlimTrain(model, opt, loss=loss, **asdict(options.slimtik))
     params = list(model.parameters())
     if method == "adam":
         opt = torch.optim.Adam(params, lr=options.lr, weight_decay=decay)
@@ -79,4 +81,4 @@ def make_trainer(
         opt = prodigyopt.Prodigy(params, lr=1.0, weight_decay=decay)
     else:
         opt = schedulefree.AdamWScheduleFree(params, weight_decay=decay)
-    return GradientTrainer(model, opt)
+    return GradientTrainer(model, opt, loss=loss)

@@ -23,6 +23,7 @@ from slimtrain.training import distributed as dist_utils
 from slimtrain.training.callbacks import Callback, Checkpoint, ProgressBar
 from slimtrain.training.checkpoint import atomic_save, load_checkpoint
 from slimtrain.training.loop import History, fit
+from slimtrain.training.losses import LossName
 from slimtrain.training.trainers import Trainer
 
 __all__ = ["MethodResult", "Setup", "data_fingerprint", "run_methods"]
@@ -49,6 +50,9 @@ class Setup:
         What the reported loss is, for plots, tables and the summary.
     image_shape : tuple, optional
         ``(H, W)`` of image targets: reconstructions are plotted.
+    loss : {"squared", "cross_entropy", "binary_cross_entropy"}
+        The training loss of every method (:mod:`slimtrain.training.losses`); a classification
+        loss adds accuracy columns to the report.
     info : dict
         Facts about the data for the summary (sizes, standardization, source).
     """
@@ -60,6 +64,7 @@ class Setup:
     loss_scale: float = 1.0
     loss_label: str = "mean 1/2 ||f(x) - c||^2 per sample"
     image_shape: tuple[int, int] | None = None
+    loss: LossName = "squared"
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,10 +107,12 @@ class _EpochLine(Callback):
         self.label, self.echo, self.scale = label, echo, scale
 
     def on_epoch_end(self, state: Any, record: dict[str, float]) -> None:
+        quality = (f"val accuracy {100 * record['val_accuracy']:.2f} %"
+                   if "val_accuracy" in record else
+                   f"val rel err {100 * record['val_rel_error']:.3g} %")
         self.echo(f"{self.label} epoch {int(record['epoch'])}/{state.epochs}: train loss "
                   f"{self.scale * record['train_loss']:.4g}, val loss "
-                  f"{self.scale * record['val_loss']:.4g}, val rel err "
-                  f"{100 * record['val_rel_error']:.3g} %")
+                  f"{self.scale * record['val_loss']:.4g}, {quality}")
 
 
 class _RunCheckpoint(Checkpoint):
@@ -243,7 +250,7 @@ def run_methods(
     for method in methods:
         torch.manual_seed(options.seed)
         features, head = setup.build()
-        trainer = make_trainer(method, features, head, options)
+        trainer = make_trainer(method, features, head, options, loss=setup.loss)
         train, val = make_loaders(setup.train, setup.val, options.batch_size, options.seed)
         trace = _LambdaTrace()
         callbacks: list[Any] = [trace]

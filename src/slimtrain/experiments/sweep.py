@@ -1,5 +1,6 @@
-"""The sensitivity sweep: final validation loss over learning rate x weight decay for
-slimTrain and Adam (``slimtrain sweep EXPERIMENT``), checkpointed cell by cell."""
+"""The sensitivity sweep: final validation loss (and, for ``classify``, accuracy) over learning
+rate x weight decay for slimTrain and Adam (``slimtrain sweep EXPERIMENT``), checkpointed cell
+by cell."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from slimtrain.experiments.registry import Experiment, Result, Session, register
 from slimtrain.experiments.runner import data_fingerprint, run_methods
 from slimtrain.experiments.setups import make_setup
 from slimtrain.experiments.tables import sweep_table
-from slimtrain.experiments.training import AutoencoderOptions, parse_methods
+from slimtrain.experiments.training import DataRunOptions, parse_methods
 from slimtrain.training.distributed import is_main_process
 
 __all__ = ["SweepOptions", "parse_floats", "run_sweep"]
@@ -33,7 +34,7 @@ def parse_floats(text: str) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True)
-class SweepOptions(AutoencoderOptions):
+class SweepOptions(DataRunOptions):
     """A training experiment's options, with ``lr`` and ``alpha`` set cell by cell."""
 
     training: TrainingOptions = field(default_factory=TrainingOptions,
@@ -51,8 +52,6 @@ class SweepOptions(AutoencoderOptions):
         if not self.lrs or not self.regs:
             raise ValueError(f"expected non-empty grids, found lrs={self.lrs!r}, "
                              f"regs={self.regs!r}")
-        if self.data is not None and self.experiment != "autoencoder":
-            raise ValueError("--data applies to the autoencoder only")
         for lr in self.lrs:  # every cell is valid before any training
             for reg in self.regs:
                 replace(self.training, lr=lr, alpha=reg)
@@ -66,11 +65,12 @@ def run_sweep(options: SweepOptions, session: Session) -> Result:
     methods = options.methods
     grids = {m: np.full((len(options.lrs), len(options.regs)), math.nan) for m in methods}
     best = {m: g.copy() for m, g in grids.items()}
+    accuracy = {m: g.copy() for m, g in grids.items()}
     for i, lr in enumerate(options.lrs):
         for j, reg in enumerate(options.regs):
             cell = _cell(options, session, setup, lr, reg, fingerprint)
             for m in methods:
-                grids[m][i, j], best[m][i, j] = cell[m]
+                grids[m][i, j], best[m][i, j], accuracy[m][i, j] = cell[m]
             if session.echo is not None:
                 session.echo(f"sweep {options.experiment} lr={lr:g} alpha={reg:g}: " + ", ".join(
                     f"{m} {cell[m][0]:.4g}" for m in methods))
@@ -86,35 +86,54 @@ def run_sweep(options: SweepOptions, session: Session) -> Result:
     if "slimtrain" in grids and "adam" in grids:
         summary["spread_ratio_adam_over_slimtrain"] = (
             summary["spread"]["adam"] / summary["spread"]["slimtrain"])
+    classify = setup.loss != "squared"
+    if classify:
+        summary["final_val_accuracy"] = {m: g.tolist() for m, g in accuracy.items()}
+        summary["accuracy_range"] = {m: _range(g) for m, g in accuracy.items()}
     rows = [{"method": m, "lr": lr, "alpha": reg, "final_val_loss": grids[m][i, j],
-             "best_val_loss": best[m][i, j]}
+             "best_val_loss": best[m][i, j],
+             **({"final_val_accuracy": accuracy[m][i, j]} if classify else {})}
             for m in methods for i, lr in enumerate(options.lrs)
             for j, reg in enumerate(options.regs)]
     figures = {}
     if is_main_process():
         figures["sweep.png"] = plots.plot_sweep_heatmaps(
             grids, options.lrs, options.regs, title=f"{options.experiment}: final validation loss")
+        if classify:
+            errors = {m: 100 * (1 - g) for m, g in accuracy.items()}
+            figures["sweep_error.png"] = plots.plot_sweep_heatmaps(
+                errors, options.lrs, options.regs,
+                title=f"{options.experiment}: final validation error %")
     return Result(summary, rows, figures, sweep_table(summary))
 
 
 def _cell(options: SweepOptions, session: Session, setup: Any, lr: float, reg: float,
-          fingerprint: str) -> dict[str, tuple[float, float]]:
-    """``{method: (final, best validation loss)}`` of one cell, from its checkpoint if any."""
+          fingerprint: str) -> dict[str, tuple[float, float, float]]:
+    """``{method: (final, best validation loss, final validation accuracy)}`` of one cell (the
+    accuracy NaN for a regression), from its checkpoint if any."""
     path = None
     if session.checkpoint_dir is not None:
         path = session.checkpoint_dir / f"cell-lr={lr:g}-alpha={reg:g}.json"
         if session.resume and path.is_file():
             saved = json.loads(path.read_text())
             if saved.get("data") == fingerprint and set(options.methods) <= set(saved["cell"]):
-                return {m: (saved["cell"][m][0], saved["cell"][m][1]) for m in options.methods}
+                return {m: (*saved["cell"][m][:2], (saved["cell"][m] + [math.nan])[2])
+                        for m in options.methods}
     training = replace(options.training, lr=lr, alpha=reg)
     results = run_methods(setup, options.methods, training)
     scale = setup.loss_scale
-    cell = {m: (scale * r.history.records[-1]["val_loss"], scale * r.history.best_val_loss)
+    cell = {m: (scale * r.history.records[-1]["val_loss"], scale * r.history.best_val_loss,
+                r.history.records[-1].get("val_accuracy", math.nan))
             for m, r in results.items()}
     if path is not None and is_main_process():
         write_json(path, {"data": fingerprint, "cell": cell})
     return cell
+
+
+def _range(grid: np.ndarray) -> float:
+    """Largest minus smallest finite value (NaN without any)."""
+    finite = grid[np.isfinite(grid)]
+    return float(finite.max() - finite.min()) if finite.size else math.nan
 
 
 def _spread(grid: np.ndarray) -> float:

@@ -15,20 +15,26 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
 
 
 def training_table(summary: dict[str, Any]) -> str:
-    """Best and final validation loss, relative error, Lambda and time of every method."""
+    """Best and final validation loss, relative error (or accuracy for a classifier), Lambda
+    and time of every method."""
     config = summary.get("config", {})
     source = config.get("data", {}).get("source")
     title = f"{summary['experiment']}" + (f" on {source}" if source else "")
+    methods = summary.get("methods", {})
+    accuracy = any("val_accuracy" in m for m in methods.values())
+    quality = "val accuracy %" if accuracy else "val rel err %"
     header = (f"{'method':<20} {'best val loss':>14} {'final val loss':>15} "
-              f"{'val rel err %':>14} {'Lambda':>10} {'seconds':>8}")
+              f"{quality:>14} {'Lambda':>10} {'seconds':>8}")
     lines = [f"{title}: loss = {config.get('loss', '')}", header, "-" * len(header)]
-    for method, m in summary.get("methods", {}).items():
-        rel = m["val_rel_error"][-1]
-        rel = None if rel is None else 100 * rel
+    for method, m in methods.items():
+        value = m["val_accuracy" if accuracy else "val_rel_error"][-1]
+        value = None if value is None else 100 * value
+        spec = ".4g" if accuracy else ".3g"
         lines.append(f"{method:<20} {_fmt(m['best_val_loss']):>14} {_fmt(m['val_loss'][-1]):>15} "
-                     f"{_fmt(rel, '.3g'):>14} {_fmt(m['sum_lambda'][-1]):>10} "
+                     f"{_fmt(value, spec):>14} {_fmt(m['sum_lambda'][-1]):>10} "
                      f"{_fmt(m.get('seconds'), '.1f'):>8}")
-    lines.append("val rel err = ||F - C||_F / ||C||_F over the whole validation set")
+    lines.append("val accuracy = correctly classified validation images (final epoch)" if accuracy
+                 else "val rel err = ||F - C||_F / ||C||_F over the whole validation set")
     return "\n".join(lines)
 
 
@@ -43,6 +49,10 @@ def sweep_table(summary: dict[str, Any]) -> str:
     lines.append("")
     for method, spread in summary["spread"].items():
         lines.append(f"spread max/min of {method}: {_fmt(spread, '.3g')}")
+    for method, grid in summary.get("final_val_accuracy", {}).items():
+        best = max((v for row in grid for v in row if not math.isnan(v)), default=math.nan)
+        lines.append(f"final val accuracy of {method}: best {_fmt(100 * best, '.4g')} %, range "
+                     f"{_fmt(100 * summary['accuracy_range'][method], '.3g')} points")
     if "spread_ratio_adam_over_slimtrain" in summary:
         ratio = summary["spread_ratio_adam_over_slimtrain"]
         lines.append(f"ratio of spreads adam / slimtrain: {_fmt(ratio, '.3g')}")

@@ -1,5 +1,5 @@
-"""The training experiments ``cdr``, ``peaks`` and ``autoencoder``: slimTrain against gradient
-baselines through one loop, declared in the registry."""
+"""The training experiments ``cdr``, ``peaks``, ``autoencoder`` and ``classify``: slimTrain
+against gradient baselines through one loop, declared in the registry."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from slimtrain import plots
 from slimtrain.experiments.options import METHODS, TrainingOptions, check_methods
 from slimtrain.experiments.registry import Experiment, Result, Session, register
 from slimtrain.experiments.runner import MethodResult, Setup, data_fingerprint, run_methods
-from slimtrain.experiments.setups import TRAINING_EXPERIMENTS, make_setup
+from slimtrain.experiments.setups import DATA_EXPERIMENTS, TRAINING_EXPERIMENTS, make_setup
 from slimtrain.experiments.tables import training_table
 from slimtrain.training.distributed import is_main_process
 
-__all__ = ["AutoencoderOptions", "TrainingRunOptions", "parse_methods", "run_training",
+__all__ = ["DataRunOptions", "TrainingRunOptions", "parse_methods", "run_training",
            "training_result"]
 
 
@@ -57,8 +57,9 @@ class TrainingRunOptions:
 
 
 @dataclass(frozen=True)
-class AutoencoderOptions(TrainingRunOptions):
-    """The autoencoder, which can read MNIST."""
+class DataRunOptions(TrainingRunOptions):
+    """An experiment that can read MNIST (:data:`~slimtrain.experiments.setups.DATA_EXPERIMENTS`:
+    the autoencoder and the classifier)."""
 
     data: Path | None = field(default=None, metadata={
         "parse": Path, "help": "folder with the MNIST IDX files (default: scikit-learn's "
@@ -67,6 +68,12 @@ class AutoencoderOptions(TrainingRunOptions):
     @property
     def data_dir(self) -> Path | None:
         return self.data
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.data is not None and self.experiment not in DATA_EXPERIMENTS:
+            raise ValueError(f"--data applies to {', '.join(DATA_EXPERIMENTS)} only, found it "
+                             f"for {self.experiment!r}")
 
 
 def run_training(options: TrainingRunOptions, session: Session) -> Result:
@@ -96,6 +103,9 @@ def training_result(setup: Setup, config: dict[str, Any],
     if is_main_process():
         figures["loss.png"] = plots.plot_loss_curves(methods, title=setup.name,
                                                      ylabel=setup.loss_label)
+        if any("val_accuracy" in m for m in methods.values()):
+            figures["accuracy.png"] = plots.plot_accuracy_curves(
+                methods, title=setup.name, ylabel="accuracy (fraction of images)")
         traces = {m: r.lambda_trace for m, r in results.items() if r.lambda_trace}
         if traces:
             figures["lambda.png"] = plots.plot_lambda(traces,
@@ -108,7 +118,7 @@ def training_result(setup: Setup, config: dict[str, Any],
 def _method_summary(result: MethodResult, scale: float) -> dict[str, Any]:
     """The per-method block of ``summary.json`` (lists indexed by epoch, 0 = before training)."""
     h = result.history
-    return {
+    summary: dict[str, Any] = {
         "val_loss": [scale * v for v in h.column("val_loss")],
         "train_loss": [scale * v for v in h.column("train_loss")],
         "val_rel_error": h.column("val_rel_error"),
@@ -118,6 +128,10 @@ def _method_summary(result: MethodResult, scale: float) -> dict[str, Any]:
         "best_epoch": h.best_epoch,
         "seconds": result.seconds,
     }
+    if result.trainer.loss.is_classification:
+        summary["val_accuracy"] = h.column("val_accuracy")
+        summary["train_accuracy"] = h.column("train_accuracy")
+    return summary
 
 
 def _reconstructions(setup: Setup, results: dict[str, MethodResult]) -> Any:
@@ -136,11 +150,11 @@ def _reconstructions(setup: Setup, results: dict[str, MethodResult]) -> Any:
                                       title=f"{setup.name}: validation reconstructions")
 
 
-def _autoencoder_notice(options: AutoencoderOptions) -> str | None:
+def _digits_notice(options: DataRunOptions) -> str | None:
     if options.data is not None:
         return None
-    return ("autoencoder: no --data given, so it trains on scikit-learn's 8x8 digits, not "
-            "MNIST (pass --data DIR, a folder with the MNIST IDX files)")
+    return (f"{options.experiment}: no --data given, so it trains on scikit-learn's 8x8 digits, "
+            "not MNIST (pass --data DIR, a folder with the MNIST IDX files)")
 
 
 register(Experiment("cdr", "CDR surrogate: slimTrain against Adam, Prodigy and schedule-free "
@@ -151,7 +165,12 @@ register(Experiment("peaks", "peaks classification-by-regression surrogate", Tra
                     run_training, defaults={"epochs": 20, "batch_size": 5},
                     quick={"epochs": 3, "batch_size": 5}, distributed=True, resumable=True))
 register(Experiment("autoencoder", "MNIST (or 8x8 digits) autoencoder with a "
-                    "transposed-convolution head", AutoencoderOptions, run_training,
+                    "transposed-convolution head", DataRunOptions, run_training,
                     defaults={"epochs": 10, "batch_size": 32},
-                    quick={"epochs": 2, "batch_size": 32}, notice=_autoencoder_notice,
+                    quick={"epochs": 2, "batch_size": 32}, notice=_digits_notice,
+                    distributed=True, resumable=True))
+register(Experiment("classify", "MNIST (or 8x8 digits) classification: a small CNN with a "
+                    "Linear head on the cross-entropy loss", DataRunOptions, run_training,
+                    defaults={"epochs": 10, "batch_size": 32},
+                    quick={"epochs": 2, "batch_size": 32}, notice=_digits_notice,
                     distributed=True, resumable=True))

@@ -18,13 +18,14 @@ Any callable ``f(x, z) -> (n_x, n_z)`` is accepted as well (see :func:`make_kern
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from slimtrain._validation import check_real
 
 __all__ = [
     "DEFAULT_TILE_ELEMENTS",
@@ -70,12 +71,7 @@ def _check_blocks(x: Tensor, z: Tensor) -> None:
 
 
 def _check_bandwidth(bandwidth: float) -> float:
-    if isinstance(bandwidth, bool) or not isinstance(bandwidth, int | float):
-        raise TypeError(f"bandwidth must be a positive real number; got {bandwidth!r}")
-    value = float(bandwidth)
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(f"bandwidth must be a positive finite number; got {bandwidth!r}")
-    return value
+    return check_real("bandwidth", bandwidth, minimum=0.0, strict_minimum=True)
 
 
 def _scaled_squared_distances(x: Tensor, z: Tensor, scale: float) -> Tensor:
