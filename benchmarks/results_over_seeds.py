@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from slimtrain.experiments import REGISTRY, TrainingOptions, make_setup, run_methods
-from slimtrain.experiments.runner import METHODS
+from slimtrain.experiments.options import METHODS
 
 LABELS = {
     "slimtrain": "slimTrain + Adam",
