@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from slimtrain._validation import check_int
-from slimtrain.problems.mnist import load_digits_images, load_mnist
+from slimtrain.problems.mnist import image_pixels, load_digits_images, load_mnist
 
 __all__ = [
     "ClassificationData",
@@ -86,13 +86,12 @@ def make_classification_data(
     -------
     ClassificationData
     """
-    if not isinstance(images, np.ndarray) or images.ndim != 3:
-        found = getattr(images, "shape", type(images).__name__)
-        raise ValueError(f"images must be a numpy array of shape (n, H, W), found {found}")
-    if not isinstance(labels, np.ndarray) or labels.shape != images.shape[:1]:
+    pixels, n_train, n_val = image_pixels(images, n_train, n_val)
+    n = pixels.shape[0]
+    if not isinstance(labels, np.ndarray) or labels.shape != (n,):
         found = getattr(labels, "shape", type(labels).__name__)
         raise ValueError(
-            f"labels must be a numpy array of shape ({images.shape[0]},) (one per image), "
+            f"labels must be a numpy array of shape ({n},) (one per image), "
             f"found {found}"
         )
     if not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
@@ -100,19 +99,6 @@ def make_classification_data(
             f"labels must be non-negative integers, found dtype {labels.dtype}"
             + (f" and minimum {labels.min()}" if labels.size else "")
         )
-    n = images.shape[0]
-    n_train = check_int("n_train", n_train, minimum=2)
-    n_val = n - n_train if n_val is None else check_int("n_val", n_val, minimum=0)
-    if n_train + n_val > n:
-        raise ValueError(f"n_train + n_val = {n_train + n_val} exceeds the {n} images available")
-    if images.dtype == np.uint8:
-        pixels = images.astype(np.float64) / 255.0
-    elif np.issubdtype(images.dtype, np.floating) or np.issubdtype(images.dtype, np.integer):
-        pixels = images.astype(np.float64)
-    else:
-        raise TypeError(f"images must hold real numbers, found dtype {images.dtype}")
-    if not np.isfinite(pixels).all():
-        raise ValueError("images must be finite")
     if seed is not None:
         order = np.random.default_rng(check_int("seed", seed)).permutation(n)
         pixels, labels = pixels[order], labels[order]

@@ -248,6 +248,34 @@ class AutoencoderData:
         return x * self.std + self.mean
 
 
+
+def image_pixels(
+    images: np.ndarray, n_train: int, n_val: int | None
+) -> tuple[np.ndarray, int, int]:
+    """Check images ``(n, H, W)`` and a train / validation split of them; float64 pixels.
+
+    uint8 pixels are scaled by ``1 / 255``, other real values are taken as they are.
+    ``n_val=None`` means every image after the first ``n_train``. Returns the pixels and the
+    checked ``(n_train, n_val)``; raises ``ValueError``/``TypeError`` naming what was found.
+    """
+    if not isinstance(images, np.ndarray) or images.ndim != 3:
+        found = getattr(images, "shape", type(images).__name__)
+        raise ValueError(f"images must be a numpy array of shape (n, H, W), found {found}")
+    n = images.shape[0]
+    n_train = check_int("n_train", n_train, minimum=2)
+    n_val = check_int("n_val", n - n_train if n_val is None else n_val, minimum=0)
+    if n_train + n_val > n:
+        raise ValueError(f"n_train + n_val = {n_train + n_val} exceeds the {n} images available")
+    if images.dtype == np.uint8:
+        pixels = images.astype(np.float64) / 255.0
+    elif np.issubdtype(images.dtype, np.floating) or np.issubdtype(images.dtype, np.integer):
+        pixels = images.astype(np.float64)
+    else:
+        raise TypeError(f"images must hold real numbers, found dtype {images.dtype}")
+    if not np.isfinite(pixels).all():
+        raise ValueError("images must be finite")
+    return pixels, n_train, n_val
+
 def make_autoencoder_data(
     images: np.ndarray, n_train: int, n_val: int | None = None
 ) -> AutoencoderData:
@@ -269,22 +297,8 @@ def make_autoencoder_data(
         Inputs = targets, ``(n, 1, H, W)`` float32, standardised by the training split's scalar
         pixel mean and standard deviation.
     """
-    if not isinstance(images, np.ndarray) or images.ndim != 3:
-        found = getattr(images, "shape", type(images).__name__)
-        raise ValueError(f"images must be a numpy array of shape (n, H, W), found {found}")
-    n = images.shape[0]
-    n_train = check_int("n_train", n_train, minimum=2)
-    n_val = check_int("n_val", n - n_train if n_val is None else n_val, minimum=0)
-    if n_train + n_val > n:
-        raise ValueError(f"n_train + n_val = {n_train + n_val} exceeds the {n} images available")
-    if images.dtype == np.uint8:
-        pixels = images.astype(np.float64) / 255.0
-    elif np.issubdtype(images.dtype, np.floating) or np.issubdtype(images.dtype, np.integer):
-        pixels = images.astype(np.float64)
-    else:
-        raise TypeError(f"images must hold real numbers, found dtype {images.dtype}")
-    if not np.isfinite(pixels).all():
-        raise ValueError("images must be finite")
+    pixels, n_train, n_val = image_pixels(images, n_train, n_val)
+    n = pixels.shape[0]
     train = pixels[:n_train]
     val = pixels[n - n_val :]
     mean = float(train.mean())
