@@ -193,8 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _refuse_foreign(args, extra, parser)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from slimtrain.training.distributed import init_from_env, is_main_process
+    from slimtrain.training.distributed import (
+        init_from_env,
+        is_main_process,
+        leave_process_group,
+    )
 
+    finished = False
     try:
         name, experiment, options = _options(args)
         label = "demo" if args.command == "demo" else name if name != "sweep" else \
@@ -226,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         echo = None if progress or not main_process else (lambda line: print(line, flush=True))
         result = run_experiment(name, options, out, resume=resume, overwrite=args.overwrite,
                                 progress=progress, echo=echo, output_checked=True)
+        finished = True
     except (ValueError, TypeError, FileNotFoundError) as error:
         if is_main_process():
             print(f"slimtrain: error: {error}", file=sys.stderr)
@@ -235,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"slimtrain: error: could not write the results ({error}); free space or "
                   "choose another --out, then --resume", file=sys.stderr)
         return 1
+    finally:  # under torchrun: every rank leaves the group, after rank 0's writes on success
+        leave_process_group(wait=finished)
     if main_process:
         if notice:
             print(f"\n({notice})")

@@ -48,6 +48,7 @@ __all__ = [
     "agree_batch_ok",
     "check_same_across_ranks",
     "init_from_env",
+    "leave_process_group",
     "data_parallel",
     "average_unwrapped_gradients",
 ]
@@ -208,6 +209,22 @@ def init_from_env(device: str = "cpu") -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     logger.info("process group: %s, rank %d of %d", backend, rank(), world_size())
     return True
+
+
+def leave_process_group(wait: bool = True) -> None:
+    """Leave the default process group cleanly, if one exists.
+
+    With ``wait=True`` (every rank finished its work) a barrier first lets rank 0 finish its
+    writes before any rank tears its connections down: a rank that exited while its peer still
+    held the group aborted in gloo's teardown now and then (exit code -6 under torchrun
+    although the run had finished). ``wait=False`` after an error skips the barrier, which a
+    rank that failed elsewhere would never reach.
+    """
+    if not dist.is_initialized():
+        return
+    if wait:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def data_parallel(model: torch.nn.Module, **ddp_kwargs: object) -> torch.nn.Module:
