@@ -17,13 +17,21 @@ from slimtrain.training.distributed import data_parallel, stats_message_bytes
 
 STEPS = 4
 LOCAL = 12  # samples per rank and step
+CLASSES = 4
+# squared-loss heads, and cross-entropy heads whose working targets each rank forms from its
+# own shard (a Conv2d head with one class per pixel: its rows are pixels)
+LOSS = {"linear": "squared", "conv_transpose": "squared",
+        "ce_linear": "cross_entropy", "ce_conv2d": "cross_entropy"}
 
 
 def _model(kind: str) -> SeparableModel:
     torch.manual_seed(0)
-    if kind == "linear":
+    if kind in ("linear", "ce_linear"):
         features = nn.Sequential(nn.Linear(5, 9), nn.Tanh(), nn.Linear(9, 9), nn.Tanh())
-        head: nn.Module = nn.Linear(9, 3)
+        head: nn.Module = nn.Linear(9, 3 if kind == "linear" else CLASSES)
+    elif kind == "ce_conv2d":
+        features = nn.Sequential(nn.Linear(5, 3 * 4 * 4), nn.Tanh(), nn.Unflatten(1, (3, 4, 4)))
+        head = nn.Conv2d(3, CLASSES, 3, padding=1)
     else:
         features = nn.Sequential(nn.Linear(5, 4 * 5 * 5), nn.Tanh(), nn.Unflatten(1, (4, 5, 5)))
         head = nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1)
@@ -33,6 +41,9 @@ def _model(kind: str) -> SeparableModel:
 def _data(kind: str, n: int):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(n, 5, generator=gen, dtype=torch.float64)
+    if kind.startswith("ce_"):
+        shape = (n,) if kind == "ce_linear" else (n, 4, 4)
+        return x, torch.randint(0, CLASSES, shape, generator=gen)
     shape = (n, 3) if kind == "linear" else (n, 2, 10, 10)
     y = torch.randn(*shape, generator=gen, dtype=torch.float64)
     return x, y
@@ -43,7 +54,7 @@ def _train(kind: str, world: int, rank: int):
     if world > 1:
         data_parallel(model)
     trainer = SlimTrain(model, torch.optim.Adam(model.feature_parameters(), lr=1e-2),
-                        memory_depth=2, debug_distributed=world > 1)
+                        loss=LOSS[kind], memory_depth=2, debug_distributed=world > 1)
     x, y = _data(kind, STEPS * LOCAL * 2)
     glob = LOCAL * 2
     for s in range(STEPS):
@@ -71,7 +82,7 @@ def _worker(rank: int, world: int, port: int, kind: str, out: str) -> None:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("kind", ["linear", "conv_transpose"])
+@pytest.mark.parametrize("kind", list(LOSS))
 def test_two_processes_match_one(tmp_path, kind, free_port):
     single = _train(kind, 1, 0)
     mp.spawn(_worker, args=(2, free_port, kind, str(tmp_path)), nprocs=2, join=True)
