@@ -261,7 +261,7 @@ def _cdr_options() -> TrainingOptions:
 def _cdr64() -> Any:
     """The quick CDR setup with a float64 network: float32 rounding (1e-7) differs between
     8 rows on one process and 4 + 4 on two, and slimTrain's sGCV choices and Adam's
-    normalised steps carry it to 1e-3 over 100 steps; in float64 the runs agree to 1e-12."""
+    normalised steps carry it to 1e-3 over 100 steps; in float64 the runs agree to about 1e-10."""
     setup = make_setup("cdr", quick=True)
     build = setup.build
     setup.build = lambda: tuple(m.double() for m in build())  # type: ignore[assignment]
@@ -317,9 +317,11 @@ def test_two_processes_match_one_for_every_method(
     single, ranks = every_method_two_processes
     np.testing.assert_allclose(ranks[0][method]["val_loss"], single[method]["val_loss"],
                                rtol=1e-10)
+    # Summing the statistics as 4 + 4 rows instead of 8 changes their rounding; solves with
+    # M + Lambda I (Lambda near its floor) carry it to about 2e-10 in weights of size 0.4.
     for key, value in single[method]["state"].items():
         torch.testing.assert_close(ranks[0][method]["state"][key], value, rtol=1e-8,
-                                   atol=1e-10, msg=f"{method}: {key}")
+                                   atol=1e-9, msg=f"{method}: {key}")
 
 
 def _nan_worker(rank: int, world: int, port: int, folder: str) -> None:

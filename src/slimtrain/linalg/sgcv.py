@@ -40,12 +40,13 @@ References
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from slimtrain.linalg.structured import ArrowTerms, arrow_values
+from slimtrain.linalg.structured import ArrowTerms, arrow_values, gcv_ratio
 
 __all__ = [
     "SGCVChoice",
@@ -76,9 +77,12 @@ class SGCVTerms(NamedTuple):
         Eigenvalues of the memory Gram, clipped at 0, shape ``(p,)``.
     quad : Tensor
         The quadratic-form matrices ``[G~ o H~H~^T | G~ o (H~W~^T + W~H~^T) | G~ o W~W~^T]``
-        side by side, then the columns ``sum_k H~_jk^2``, ``sum_k H~_jk W~_jk`` and
-        ``diag(G~)`` of the linear terms and the trace, shape ``(p, 3 p + 3)``: every
-        candidate's forms, linear terms and trace take one GEMM.
+        side by side, then the column ``diag(G~)`` of the trace, shape ``(p, 3 p + 1)``: every
+        candidate's forms and trace take one GEMM.
+    linear : Tensor
+        ``[2 sum_k H~_jk^2 | 2 sum_k H~_jk W~_jk | 0]``, shape ``(3 p,)``: the linear terms of the
+        residual, subtracted from the GEMM's first ``3 p`` columns so that one product with ``d``
+        gives the residual's three coefficients in ``lam``.
     r2 : Tensor
         ``||Zs W^T - Cs||_F^2`` before the update, 0-d.
     rows : int
@@ -89,6 +93,7 @@ class SGCVTerms(NamedTuple):
 
     s: Tensor
     quad: Tensor
+    linear: Tensor
     r2: Tensor
     rows: int
     t: int
@@ -118,12 +123,18 @@ def sgcv_terms(
     -------
     SGCVTerms
     """
-    HH = Ht @ Ht.T
+    p = Gt.shape[0]
     HW = Ht @ Wt.T
-    WW = Wt @ Wt.T
-    linear = torch.stack(((Ht * Ht).sum(1), (Ht * Wt).sum(1), torch.diagonal(Gt)), dim=1)
-    quad = torch.cat((Gt * HH, Gt * (HW + HW.T), Gt * WW, linear), dim=1)  # (p, 3 p + 3)
-    return SGCVTerms(s, quad, r2, int(rows), int(Ht.shape[1]))
+    quad = torch.empty(p, 3 * p + 1, dtype=Gt.dtype, device=Gt.device)
+    torch.mul(Gt, Ht @ Ht.T, out=quad[:, :p])
+    torch.mul(Gt, HW + HW.T, out=quad[:, p : 2 * p])
+    torch.mul(Gt, Wt @ Wt.T, out=quad[:, 2 * p : 3 * p])
+    quad[:, 3 * p] = torch.diagonal(Gt)
+    linear = torch.zeros(3 * p, dtype=Gt.dtype, device=Gt.device)
+    torch.sum(Ht * Ht, 1, out=linear[:p])
+    torch.sum(Ht * Wt, 1, out=linear[p : 2 * p])
+    linear[: 2 * p] *= 2.0
+    return SGCVTerms(s, quad, linear, r2, int(rows), int(Ht.shape[1]))
 
 
 def sgcv_values(
@@ -151,19 +162,59 @@ def sgcv_values(
     if isinstance(terms, ArrowTerms):
         gcv, residual, _ = arrow_values(terms, lams, sum_lambda)
         return gcv, residual
-    d = 1.0 / (terms.s + (sum_lambda + lams).unsqueeze(1))  # (n, p)
-    # One GEMM: the quadratic forms d^T Q_k d of the three matrices (after a product with d),
-    # the two linear terms and the trace, for every candidate.
+    d = (terms.s + (sum_lambda + lams).unsqueeze(1)).reciprocal_()  # (n, p)
     n, p = d.shape
-    Y = d @ terms.quad  # (n, 3 p + 3)
-    qf = (Y[:, : 3 * p].view(n, 3, p) * d.unsqueeze(1)).sum(-1)  # (n, 3)
-    lin0, lin1, trace = Y[:, 3 * p], Y[:, 3 * p + 1], Y[:, 3 * p + 2]
-    # ||R(lam)||^2 = qf0 + lam qf1 + lam^2 qf2 - 2 (lin0 + lam lin1) + ||R||^2 (Horner in lam)
-    residual = qf[:, 0] - 2.0 * lin0 + lams * (qf[:, 1] - 2.0 * lin1 + lams * qf[:, 2])
-    residual = (residual + terms.r2).clamp_min(0.0)
-    den = terms.t * (terms.rows - trace)
-    gcv = torch.where(den > 0, residual / den.clamp_min(1e-300) ** 2, torch.inf)
-    return gcv, residual
+    # One GEMM gives, for every candidate, d^T Q_k - linear_k of the three quadratic forms and
+    # the trace; one more product with d gives the residual's coefficients of 1, lam, lam^2:
+    # ||R(lam)||^2 = (d^T Q0 d - 2 d.hh) + lam (d^T Q1 d - 2 d.hw) + lam^2 d^T Q2 d + ||R||^2.
+    Y = d @ terms.quad  # (n, 3 p + 1)
+    scaled = lams.unsqueeze(1).pow(_powers(d.dtype, d.device)).unsqueeze(2) * d.unsqueeze(1)
+    residual = ((Y[:, : 3 * p] - terms.linear).view(n, 3, p) * scaled).sum((1, 2))
+    residual = residual.add_(terms.r2).clamp_min_(0.0)
+    return gcv_ratio(residual, terms.t * (terms.rows - Y[:, 3 * p])), residual
+
+
+@functools.lru_cache(maxsize=32)
+def _signed_bases(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(neg, pos)`` of shape ``(2 n + 1,)``: ``neg = [-1, ..., -0 | 0 | 0, ..., 0]`` and
+    ``pos = [0, ..., 0 | 0 | 0, ..., 1]`` with ``linspace(0, 1, n)`` on each side (cached, read
+    only): the grid's signed log-magnitudes are ``neg * log10(room / e) + pos * log10(upper / e)``.
+    """
+    base = torch.linspace(0.0, 1.0, n, dtype=dtype, device=device)
+    zeros = torch.zeros(n + 1, dtype=dtype, device=device)
+    return torch.cat((-base.flip(0), zeros)), torch.cat((zeros, base))
+
+
+@functools.lru_cache(maxsize=8)
+def _powers(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[0, 1, 2]`` (cached, read only): the powers of ``lam`` in the residual."""
+    return torch.arange(3, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=8)
+def _neighbours(device: torch.device) -> Tensor:
+    """``[-1, 1]`` (cached, read only): offsets of the neighbours of the best trial point."""
+    return torch.tensor([-1, 1], device=device)
+
+
+@functools.lru_cache(maxsize=32)
+def _linspace(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``linspace(0, 1, n)`` (cached, read only)."""
+    return torch.linspace(0.0, 1.0, n, dtype=dtype, device=device)
+
+
+def _grid_u(lam_: Tensor, lo: Tensor, up: Tensor, e: Tensor, n: int) -> Tensor:
+    """Signed log-magnitudes ``u`` of the trial grid (see :func:`candidate_grid`)."""
+    neg, pos = _signed_bases(n, lam_.dtype, lam_.device)
+    room = torch.log10(((lam_ - lo) / e).clamp_min(1.0))
+    return torch.addcmul(neg * room, pos, torch.log10(up / e))
+
+
+def _lam_of(u: Tensor, e: Tensor, floor: Tensor, up: Tensor) -> Tensor:
+    """``sign(u) e 10^|u|`` (the inverse of ``u = sign(lam) log10(|lam| / e)``), clipped to
+    ``[floor, up]``."""
+    lam = torch.pow(10.0, u.abs()).mul_(e).mul_(torch.sign(u))
+    return lam.clamp_(min=floor, max=up)
 
 
 def candidate_grid(
@@ -188,24 +239,9 @@ def candidate_grid(
     """
     lam_ = torch.as_tensor(sum_lambda, dtype=dtype, device=device)
     lo = torch.as_tensor(lower, dtype=dtype, device=device)
+    up = torch.as_tensor(upper, dtype=dtype, device=device)
     e = _EPS * torch.as_tensor(unit, dtype=dtype, device=device)
-    base = torch.linspace(0.0, 1.0, n, dtype=dtype, device=device)
-    pos = e * (torch.as_tensor(upper, dtype=dtype, device=device) / e) ** base
-    room = (lam_ - lo).clamp_min(e)
-    neg = e * (room / e) ** base
-    lams = torch.cat((-neg.flip(0), torch.zeros(1, dtype=dtype, device=device), pos))
-    return lams.clamp_min(lo - lam_)  # clipping is monotone: the grid stays sorted
-
-
-def _signed_log(lam: Tensor, e: Tensor) -> Tensor:
-    """Monotone map of ``lam`` to ``sign(lam) * log10(|lam| / e)`` (0 for ``|lam| <= e``)."""
-    mag = (lam.abs() / e).clamp_min(1.0).log10()
-    return torch.sign(lam) * mag
-
-
-def _signed_exp(u: Tensor, e: Tensor) -> Tensor:
-    """Inverse of :func:`_signed_log` on ``|lam| >= e``."""
-    return torch.sign(u) * e * torch.pow(10.0, u.abs())
+    return _lam_of(_grid_u(lam_, lo, up, e, n), e, lo - lam_, up)
 
 
 class SGCVChoice(NamedTuple):
@@ -214,7 +250,8 @@ class SGCVChoice(NamedTuple):
     Attributes
     ----------
     lam : Tensor
-        The chosen increment (0 when no candidate had a finite sGCV value).
+        The chosen increment; when no candidate had a finite sGCV value, the increment that
+        keeps ``Lambda`` (``max(0, lower - Lambda)``).
     gcv : Tensor
         sGCV at ``lam`` (``inf`` when undefined for every candidate).
     residual : Tensor
@@ -287,36 +324,29 @@ def select_lambda_sgcv(
     lo_t = torch.as_tensor(lower, dtype=dtype, device=device)
     up_t = torch.as_tensor(upper, dtype=dtype, device=device)
     e = _EPS * torch.as_tensor(unit, dtype=dtype, device=device)
-    lams = candidate_grid(lam_, lo_t, up_t, n_candidates, dtype=dtype, device=device, unit=unit)
+    floor = lo_t - lam_
+    u = _grid_u(lam_, lo_t, up_t, e, n_candidates)
+    lams = _lam_of(u, e, floor, up_t)
     probe = (FLOOR_PROBE * lo_t - lam_).reshape(1)
     gcv_all, res_all = sgcv_values(terms, torch.cat((lams, probe)), lam_)
-    gcv, res = gcv_all[:-1], res_all[:-1]
-    best = torch.argmin(gcv)
-    best_lam, best_gcv, best_res = lams[best], gcv[best], res[best]
-    finite = torch.isfinite(best_gcv)
-    if refine and lams.numel() > 1:
-        last = lams.numel() - 1
-        lo = _signed_log(lams[(best - 1).clamp_min(0)], e)
-        hi = _signed_log(lams[(best + 1).clamp_max(last)], e)
-        base = torch.linspace(0.0, 1.0, n_refine, dtype=dtype, device=device)
-        floor = lo_t - lam_
+    # Rows gcv, residual, lam, u: the running best is one column of such a table.
+    table = torch.stack((gcv_all[:-1], res_all[:-1], lams, u))
+    best = torch.argmin(table[0])
+    finite = table[0, best] < torch.inf  # sGCV is never NaN: inf marks the undefined
+    # No finite value: keep Lambda (the middle trial point, lam = max(0, lower - Lambda)).
+    best = torch.where(finite, best, n_candidates)
+    incumbent = table[:, best]
+    if refine and n_refine > 1:
+        ends = u[(best + _neighbours(device)).clamp_(0, u.numel() - 1)]
+        lo, hi = ends[0], ends[1]
+        base = _linspace(n_refine, dtype, device)
         for _ in range(refine_rounds):
-            trial = _signed_exp(lo + (hi - lo) * base, e).clamp(min=floor, max=up_t)
+            trial_u = torch.lerp(lo, hi, base)
+            trial = _lam_of(trial_u, e, floor, up_t)
             g, r = sgcv_values(terms, trial, lam_)
-            j = torch.argmin(g)
-            better = g[j] < best_gcv
-            best_lam = torch.where(better, trial[j], best_lam)
-            best_res = torch.where(better, r[j], best_res)
-            best_gcv = torch.where(better, g[j], best_gcv)
+            # The incumbent first: argmin keeps it on ties, so a round never makes things worse.
+            table = torch.cat((incumbent.unsqueeze(1), torch.stack((g, r, trial, trial_u))), 1)
+            incumbent = table[:, torch.argmin(table[0])]
             step = (hi - lo) / (n_refine - 1)
-            centre = _signed_log(best_lam, e)
-            lo, hi = centre - step, centre + step
-    zero = torch.zeros((), dtype=dtype, device=device)
-    return SGCVChoice(
-        torch.where(finite, best_lam, zero),
-        torch.where(finite, best_gcv, torch.inf),
-        best_res,
-        finite,
-        gcv_all[-1],
-        res_all[-1],
-    )
+            lo, hi = incumbent[3] - step, incumbent[3] + step
+    return SGCVChoice(incumbent[2], incumbent[0], incumbent[1], finite, gcv_all[-1], res_all[-1])

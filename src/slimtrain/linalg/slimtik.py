@@ -59,6 +59,8 @@ from slimtrain.linalg.stats import GramStats
 from slimtrain.linalg.structured import (
     ArrowTerms,
     GramStructure,
+    arrow_increment,
+    arrow_terms,
     arrow_values,
     block_basis,
     fits_structure,
@@ -318,7 +320,7 @@ def data_scale(M: Tensor) -> Tensor:
     Under ``Z -> a Z`` it becomes ``a^2`` times itself, like every eigenvalue of ``M``.
     """
     mean = torch.diagonal(M).sum() / M.shape[0]
-    return torch.where(torch.isfinite(mean) & (mean > 0), mean, torch.ones_like(mean))
+    return torch.where((mean > 0) & (mean < torch.inf), mean, 1.0)
 
 
 def slimtik_update(
@@ -380,10 +382,10 @@ def slimtik_update(
     H = G @ WT - ZtC  # (p, t)
     r2 = ((WT * (H - ZtC)).sum() + ctc).clamp_min(0.0)
 
-    M = G
+    # eigh reads one triangle, so M is not symmetrized; summed in place (one allocation).
+    M = G.clone() if state.grams else G
     for old in state.grams:
-        M = M + old
-    M = 0.5 * (M + M.T)
+        M.add_(old)
     structure = stats.structure
     terms: SGCVTerms | ArrowTerms
     if structure is not None and _use_structure(structure, M, W.shape[0], config.n_candidates):
@@ -403,6 +405,7 @@ def slimtik_update(
     lower = config.lower * unit
     floor = lower - Lambda  # smallest admissible increment
 
+    choice = None
     if lam is not None or config.lambda_rule == "constant":
         asked = (float(lam) if lam is not None else config.initial_lambda) * unit
         lam_t = torch.maximum(asked, floor)
@@ -417,7 +420,7 @@ def slimtik_update(
         choice = select_lambda_sgcv(
             terms, Lambda, lower, upper, config.n_candidates, config.refine, unit=unit
         )
-        lam_t = torch.where(choice.finite, torch.maximum(choice.lam, floor), floor.clamp_min(0.0))
+        lam_t = choice.lam  # >= floor; max(0, floor) when sGCV is undefined
         at_floor = Lambda + lam_t <= lower * (1.0 + 1e-9)
         floor_binds = (choice.probe_gcv < (1.0 - FLOOR_GCV_GAIN) * choice.gcv) & (
             choice.residual - choice.probe_residual > FLOOR_FIT_GAIN * ctc
@@ -433,19 +436,25 @@ def slimtik_update(
     new_lambda = torch.maximum(Lambda + lam_t, lower)
     lam_t = new_lambda - Lambda
 
-    W_new, gcv, residual = finish(lam_t.reshape(1), Lambda, new_lambda)
-    rel = torch.where(ctc > 0, residual[0] / ctc.clamp_min(1e-300), residual[0]).sqrt()
+    W_new, values = finish(lam_t.reshape(1), Lambda, new_lambda, choice is None)
+    if choice is not None:  # sGCV chose lam_t: its value and residual there come with it
+        values = (choice.gcv, choice.residual)
+    assert values is not None
+    gcv, residual = values
+    rel = torch.where(ctc > 0, residual / ctc.clamp_min(1e-300), residual).sqrt()
     depth = config.memory_depth
     grams = (state.grams + (G,))[-depth:] if depth > 0 else ()
     rows = (state.rows + (stats.n_rows,))[-depth:] if depth > 0 else ()
     state_new = SlimTikState(grams, rows, new_lambda, state.step + 1)
-    record = SlimTikRecord(lam_t, new_lambda, gcv[0], rel, status, scale)
+    record = SlimTikRecord(lam_t, new_lambda, gcv, rel, status, scale)
     return W_new, state_new, record
 
 
-# Finishes a step: (lam as a 1-element tensor, Lambda before, Lambda after, both 0-d) ->
-# (W_new, sGCV at lam, squared residual after the update), the last two of shape (1,).
-_Finish = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+# Finishes a step: (lam as a 1-element tensor, Lambda before, Lambda after, both 0-d, whether
+# to evaluate sGCV) -> (W_new, (sGCV at lam, squared residual after the update) as 0-d tensors,
+# or None when not asked for).
+_Values = tuple[Tensor, Tensor] | None
+_Finish = Callable[[Tensor, Tensor, Tensor, bool], tuple[Tensor, _Values]]
 
 # Trial points of one sGCV selection: 2 n_candidates + 1 on the grid, plus the refinement's.
 _REFINE_POINTS = N_REFINE * REFINE_ROUNDS
@@ -455,12 +464,13 @@ def _use_structure(structure: GramStructure, M: Tensor, t: int, n_candidates: in
     """Take the block path when the structure holds for ``M`` and is cheaper than ``eigh``.
 
     Without a bias every candidate costs ``O(p^2)`` either way and the blocks always pay; with
-    one, a candidate costs ``O(p^2 t)`` against the dense path's ``O(p^3)`` once, so the
-    block path is taken while ``n_trials * t <= p``.
+    one, a candidate costs a block product, ``O(p^2 t / n_groups)``, against the dense path's
+    ``O(p^3)`` once, so the block path is taken while ``n_trials * t <= n_groups * p``.
     """
-    if len(structure.groups) < 2 or structure.p != M.shape[0]:
+    groups = len(structure.groups)
+    if groups < 2 or structure.p != M.shape[0]:
         return False
-    if structure.bias and (2 * n_candidates + 1 + _REFINE_POINTS) * t > M.shape[0]:
+    if structure.bias and (2 * n_candidates + 1 + _REFINE_POINTS) * t > groups * M.shape[0]:
         return False
     return fits_structure(M, structure)
 
@@ -474,18 +484,24 @@ def _dense_step(
     # Without memory M = G, so V^T G V is diag(s): skip two O(p^3) products.
     Gt = torch.diag(s) if memory_empty else V.T @ (G @ V)
     s = s.clamp_min(0.0)
-    Ht = V.T @ H  # (p, t)
-    Wt = V.T @ WT  # (p, t)
+    HW = V.T @ torch.cat((H, WT), 1)  # (p, 2 t): V^T H | V^T W^T
+    t = H.shape[1]
+    Ht, Wt = HW[:, :t], HW[:, t:]
     terms = sgcv_terms(s, Gt, Ht, Wt, r2, rows)
 
     def finish(
-        lam: Tensor, sum_lambda: Tensor, new_lambda: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        gcv, residual = sgcv_values(terms, lam, sum_lambda)
-        U = (1.0 / (s + new_lambda)).unsqueeze(1) * (Ht + lam * Wt)  # (p, t)
-        return (WT - V @ U).T.contiguous(), gcv, residual
+        lam: Tensor, sum_lambda: Tensor, new_lambda: Tensor, evaluate: bool
+    ) -> tuple[Tensor, _Values]:
+        values = _first(sgcv_values(terms, lam, sum_lambda)) if evaluate else None
+        U = (s + new_lambda).reciprocal_().unsqueeze(1) * torch.addcmul(Ht, lam, Wt)  # (p, t)
+        return (WT - V @ U).T.contiguous(), values
 
     return terms, finish
+
+
+def _first(values: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """The first candidate's sGCV and residual, as 0-d tensors."""
+    return values[0][0], values[1][0]
 
 
 def _structured_step(
@@ -494,28 +510,33 @@ def _structured_step(
 ) -> tuple[SGCVTerms | ArrowTerms, _Finish]:
     """Block ``eigh`` of a block-arrow ``M`` (:mod:`slimtrain.linalg.structured`)."""
     basis = block_basis(M, structure, cpu_eigh_max_size)
-    Gt = basis.rotate_gram(G, structure.bias)
-    Ht = basis.rotate(H)
-    Wt = basis.rotate(WT)
+    t = H.shape[1]
+    HW = basis.rotate(torch.cat((H, WT), 1))  # (p, 2 t)
+    Ht, Wt = HW[:, :t], HW[:, t:]
     if not structure.bias:  # the rotated M is diag(a): the dense formulas apply as they are
-        dense = sgcv_terms(basis.a, Gt, Ht, Wt, r2, rows)
+        dense = sgcv_terms(basis.a, basis.rotate_gram(G, False), Ht, Wt, r2, rows)
 
         def finish_diag(
-            lam: Tensor, sum_lambda: Tensor, new_lambda: Tensor
-        ) -> tuple[Tensor, Tensor, Tensor]:
-            gcv, residual = sgcv_values(dense, lam, sum_lambda)
-            U = (1.0 / (basis.a + new_lambda)).unsqueeze(1) * (Ht + lam * Wt)
-            return (WT - basis.unrotate(U)).T.contiguous(), gcv, residual
+            lam: Tensor, sum_lambda: Tensor, new_lambda: Tensor, evaluate: bool
+        ) -> tuple[Tensor, _Values]:
+            values = _first(sgcv_values(dense, lam, sum_lambda)) if evaluate else None
+            U = (basis.a + new_lambda).reciprocal_().unsqueeze(1) * torch.addcmul(Ht, lam, Wt)
+            return (WT - basis.unrotate(U)).T.contiguous(), values
 
         return dense, finish_diag
-    column = basis.rotate(M[:, -1:])  # (p, 1): the rotated bias column, its corner last
-    terms = ArrowTerms(basis.a, column[:-1, 0], column[-1, 0], Gt, Ht, Wt, r2, rows,
-                       int(H.shape[1]))
+    # The rotated bias columns of M and G, their corners last.
+    columns = basis.rotate(torch.cat((M[:, -1:], G[:, -1:]), 1))
+    terms = arrow_terms(basis.a, columns[:-1, 0], columns[-1, 0], basis.rotate_blocks(G),
+                        columns[:-1, 1], columns[-1, 1], Ht, Wt, r2, rows)
 
     def finish_arrow(
-        lam: Tensor, sum_lambda: Tensor, new_lambda: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        gcv, residual, U = arrow_values(terms, lam, sum_lambda)
-        return (WT - basis.unrotate(U[0])).T.contiguous(), gcv, residual
+        lam: Tensor, sum_lambda: Tensor, new_lambda: Tensor, evaluate: bool
+    ) -> tuple[Tensor, _Values]:
+        if evaluate:
+            gcv, residual, U = arrow_values(terms, lam, sum_lambda)
+            values: _Values = (gcv[0], residual[0])
+        else:
+            U, values = arrow_increment(terms, lam, sum_lambda), None
+        return (WT - basis.unrotate(U[:, 0])).T.contiguous(), values
 
     return terms, finish_arrow
