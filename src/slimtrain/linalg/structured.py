@@ -188,7 +188,7 @@ class ArrowTerms(NamedTuple):
     H, W : Tensor
         Rotated ``H`` and ``W^T``, shape ``(p, 1, t)``, the bias row last.
     H2 : Tensor
-        ``-2`` times the rotated ``H``, ``(p, 1, t)``.
+        Twice the rotated ``H``, ``(p, 1, t)``.
     r2 : Tensor
         ``||Zs W^T - Cs||_F^2`` before the update, 0-d.
     rows, t : int
@@ -249,7 +249,7 @@ def arrow_terms(
     g_diag = torch.cat([torch.diagonal(B, dim1=1, dim2=2).reshape(-1) for B in blocks])
     H3 = H.unsqueeze(1)
     return ArrowTerms(a.unsqueeze(1), b.unsqueeze(1), c, blocks, 2.0 * g.unsqueeze(1), g_c,
-                      g_diag, H3, W.unsqueeze(1), -2.0 * H3, r2, int(rows), int(H.shape[1]))
+                      g_diag, H3, W.unsqueeze(1), 2.0 * H3, r2, int(rows), int(H.shape[1]))
 
 
 def arrow_values(
@@ -283,9 +283,9 @@ def arrow_values(
     # One block product serves G^ U and the trace's G^ u: [UA | Db] side by side.
     both = terms.block_product(torch.cat((UA.view(-1, n * t), Db), 1))
     # tr(U^T G^ U) - 2 tr(U^T H^) = UA.(B UA - 2 H_A) + w.(2 g^T UA + g_c w - 2 H_c)
-    resid = (UA * (both[:, : n * t].reshape(UA.shape) + terms.H2[:-1])).sum((0, 2))
+    resid = (UA * (both[:, : n * t].reshape(UA.shape) - terms.H2[:-1])).sum((0, 2))
     gU2 = (terms.g2.unsqueeze(2) * UA).sum(0)  # (n, t): 2 g^T UA
-    inner = torch.addcmul(terms.H2[-1], terms.g_c, w).add_(gU2)
+    inner = torch.addcmul(gU2, terms.g_c, w).sub_(terms.H2[-1])
     residual = resid.add_((w * inner).sum(1)).add_(terms.r2).clamp_min_(0.0)
     # u^T G^ u = Db.(B Db - 2 g) + g_c
     uGu = (Db * (both[:, n * t :] - terms.g2)).sum(0).add_(terms.g_c)
