@@ -182,10 +182,11 @@ def window_gram_blocks(maps: Sequence[Tensor], plan: WindowPlan) -> Tensor:
     height, width = plan.size
     first, second = [], []
     for m in maps:  # positions outermost: (H W, c, N), and its transpose (H W, N, c)
-        hw = F.pad(m, (0, width - m.shape[3], 0, height - m.shape[2])).permute(2, 3, 0, 1)
-        # One copy: bmm takes the permuted view slowly, but reads the transposed view of a
-        # contiguous tensor as a transposed operand (20 % faster than a second copy).
-        first.append(hw.reshape(height * width, c, n).contiguous())
+        # One copy into the zero-extended layout: bmm takes a permuted view slowly, but reads
+        # the transposed view of a contiguous tensor as a transposed operand.
+        hw = m.new_zeros(height, width, c, n)
+        hw[: m.shape[2], : m.shape[3]] = m.permute(2, 3, 0, 1)
+        first.append(hw.view(height * width, c, n))
         second.append(first[-1].transpose(1, 2))
     out = maps[0].new_empty(plan.n_blocks, c, c)
     for group in plan.groups:
