@@ -262,6 +262,27 @@ def test_float32_in_float32_out_and_float64_work():
     torch.testing.assert_close(W32.double(), W64, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+def test_returned_weights_are_ordinary_tensors(dtype):
+    """The solve runs under torch.inference_mode; what the user gets back (weights, state
+    dict) must still work in place and with autograd, like any tensor."""
+    gen = torch.Generator().manual_seed(7)
+    solver = SlimTik(memory_depth=2)
+    W = torch.zeros(2, 6, dtype=dtype)
+    for Z, C in _batches(gen, 6, 2, [30, 30, 30]):
+        W, _ = solver.step(W, Z.to(dtype), C.to(dtype))
+    assert not W.is_inference()
+    expected = W.detach().clone() + 1.0
+    W.add_(1.0)
+    torch.testing.assert_close(W, expected)
+    W.requires_grad_(True)
+    (3.0 * W).sum().backward()
+    assert W.grad is not None and bool((W.grad == 3.0).all())
+    grams = solver.state_dict()["grams"]
+    assert len(grams) == 2 and not any(g.is_inference() for g in grams)
+    grams[0].mul_(2.0)  # the state dict's tensors are the caller's to change
+
+
 def test_degenerate_batch_keeps_lambda_and_says_so():
     gen = torch.Generator().manual_seed(7)
     Z, C = _batches(gen, 20, 1, [10])[0]
