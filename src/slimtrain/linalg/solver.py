@@ -253,7 +253,8 @@ class SlimTik:
 
         The statistics are validated (:meth:`check_statistics`) before anything is changed,
         unless ``checked`` says the caller has just done so for these arguments; ``reducer``
-        (if any) is applied next.
+        (if any) is applied next. The solve runs under ``torch.inference_mode``; the weights
+        returned are an ordinary tensor (cloned out of it).
         """
         if not checked:
             self.check_statistics(W, stats, lam)
