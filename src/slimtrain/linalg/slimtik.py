@@ -488,20 +488,27 @@ def _dense_step(
     t = H.shape[1]
     Ht, Wt = HW[:, :t], HW[:, t:]
     terms = sgcv_terms(s, Gt, Ht, Wt, r2, rows)
+    return terms, _diagonal_finish(terms, Ht, Wt, WT, lambda U: V @ U)
+
+
+def _diagonal_finish(
+    terms: SGCVTerms, Ht: Tensor, Wt: Tensor, WT: Tensor, back: Callable[[Tensor], Tensor]
+) -> _Finish:
+    """The finish of a step whose rotated memory Gram is ``diag(terms.s)``:
+    ``W_new^T = W^T - back(diag(1 / (s + Lambda_new)) (Ht + lam Wt))``, ``back`` the rotation
+    from the eigenbasis to the columns of ``W``."""
 
     def finish(
         lam: Tensor, sum_lambda: Tensor, new_lambda: Tensor, evaluate: bool
     ) -> tuple[Tensor, _Values]:
-        values = _first(sgcv_values(terms, lam, sum_lambda)) if evaluate else None
-        U = (s + new_lambda).reciprocal_().unsqueeze(1) * torch.addcmul(Ht, lam, Wt)  # (p, t)
-        return (WT - V @ U).T.contiguous(), values
+        values = None
+        if evaluate:
+            gcv, residual = sgcv_values(terms, lam, sum_lambda)
+            values = (gcv[0], residual[0])
+        U = (terms.s + new_lambda).reciprocal_().unsqueeze(1) * torch.addcmul(Ht, lam, Wt)
+        return (WT - back(U)).T.contiguous(), values
 
-    return terms, finish
-
-
-def _first(values: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """The first candidate's sGCV and residual, as 0-d tensors."""
-    return values[0][0], values[1][0]
+    return finish
 
 
 def _structured_step(
@@ -515,15 +522,7 @@ def _structured_step(
     Ht, Wt = HW[:, :t], HW[:, t:]
     if not structure.bias:  # the rotated M is diag(a): the dense formulas apply as they are
         dense = sgcv_terms(basis.a, basis.rotate_gram(G, False), Ht, Wt, r2, rows)
-
-        def finish_diag(
-            lam: Tensor, sum_lambda: Tensor, new_lambda: Tensor, evaluate: bool
-        ) -> tuple[Tensor, _Values]:
-            values = _first(sgcv_values(dense, lam, sum_lambda)) if evaluate else None
-            U = (basis.a + new_lambda).reciprocal_().unsqueeze(1) * torch.addcmul(Ht, lam, Wt)
-            return (WT - basis.unrotate(U)).T.contiguous(), values
-
-        return dense, finish_diag
+        return dense, _diagonal_finish(dense, Ht, Wt, WT, basis.unrotate)
     # The rotated bias columns of M and G, their corners last.
     columns = basis.rotate(torch.cat((M[:, -1:], G[:, -1:]), 1))
     terms = arrow_terms(basis.a, columns[:-1, 0], columns[-1, 0], basis.rotate_blocks(G),

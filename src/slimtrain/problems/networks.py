@@ -52,6 +52,14 @@ def _positive_int(name: str, value: object, minimum: int = 1) -> int:
     return check_int(name, value, minimum=minimum)
 
 
+def _quarter_size(image_size: object, halvings: str) -> int:
+    """``image_size // 4`` for an image side that ``halvings`` (two halvings) divide exactly."""
+    size = _positive_int("image_size", image_size, minimum=4)
+    if size % 4:
+        raise ValueError(f"image_size must be a multiple of 4 ({halvings}), found {size}")
+    return size // 4
+
+
 def _generator(seed: Seed) -> torch.Generator:
     if isinstance(seed, torch.Generator):
         return seed
@@ -247,13 +255,8 @@ def autoencoder_network(
     """
     latent = _positive_int("latent", latent)
     width = _positive_int("width", width)
-    image_size = _positive_int("image_size", image_size, minimum=4)
-    if image_size % 4:
-        raise ValueError(
-            f"image_size must be a multiple of 4 (two stride-2 convolutions), found {image_size}"
-        )
+    q = _quarter_size(image_size, "two stride-2 convolutions")
     gen = _generator(seed)
-    q = image_size // 4
     c1, c2 = width, 2 * width
     with torch.device("meta"):
         features = nn.Sequential(
@@ -330,13 +333,8 @@ def cnn_classifier_network(
     n_classes = _positive_int("n_classes", n_classes)
     width = _positive_int("width", width)
     hidden = _positive_int("hidden", hidden)
-    image_size = _positive_int("image_size", image_size, minimum=4)
-    if image_size % 4:
-        raise ValueError(
-            f"image_size must be a multiple of 4 (two 2x2 poolings), found {image_size}"
-        )
+    q = _quarter_size(image_size, "two 2x2 poolings")
     gen = _generator(seed)
-    q = image_size // 4
     with torch.device("meta"):
         features = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1),
