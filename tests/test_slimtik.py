@@ -522,16 +522,16 @@ _G = torch.eye(5, dtype=f64)
 @pytest.mark.parametrize(
     ("key", "value", "match"),
     [
-        ("sum_lambda", float("nan"), "finite"),
-        ("sum_lambda", float("inf"), "finite"),
-        ("sum_lambda", "0.1", "finite"),
-        ("sum_lambda", True, "finite"),
+        ("sum_lambda", float("nan"), "'sum_lambda' must be finite"),
+        ("sum_lambda", float("inf"), "'sum_lambda' must be finite"),
+        ("sum_lambda", "0.1", "'sum_lambda' must be a real number"),
+        ("sum_lambda", True, "'sum_lambda' must be a real number"),
         ("sum_lambda", 1e-9, "below lower"),  # lower is 1e-7; three steps were taken
-        ("step", -1, "non-negative int"),
-        ("step", 2.0, "non-negative int"),
+        ("step", -1, "'step' must be >= 0, found -1"),
+        ("step", 2.0, "'step' must be an integer, found 2.0"),
         ("step", 1, "<= step"),  # two Grams cannot come from one step
-        ("rows", [20, -1], "non-negative ints"),
-        ("rows", [20.0, 20], "non-negative ints"),
+        ("rows", [20, -1], r"'rows\[1\]' must be >= 0"),
+        ("rows", [20.0, 20], r"'rows\[0\]' must be an integer"),
         ("rows", [20], "equal counts"),
         ("rows", 20, "must be a list"),
         ("grams", [_G, _G.float()], "float64 square"),

@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import numbers
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -37,6 +36,7 @@ __all__ = ["SlimTik"]
 logger = logging.getLogger(__name__)
 
 StatsReducer = Callable[[GramStats], GramStats]
+_T = TypeVar("_T")
 
 #: Largest ``p`` whose CPU solve runs single-threaded (``benchmarks/slimtik_step.py``, columns
 #: "solve" and "solve 1t" and the eigh table: on 2 shared cores at load 6-8 one thread was
@@ -338,18 +338,8 @@ class SlimTik:
         if missing:
             raise ValueError(f"state_dict lacks keys {sorted(missing)}; expected SlimTik's own")
         config = _config_from_dict(state_dict["config"])
-        step = state_dict["step"]
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-            raise ValueError(f"state_dict 'step' must be a non-negative int, found {step!r}")
-        sum_lambda = state_dict["sum_lambda"]
-        if (
-            isinstance(sum_lambda, bool)
-            or not isinstance(sum_lambda, (int, float))
-            or not math.isfinite(sum_lambda)
-        ):
-            raise ValueError(
-                f"state_dict 'sum_lambda' must be a finite real number, found {sum_lambda!r}"
-            )
+        step = _state_entry(check_int, "step", state_dict["step"], minimum=0)
+        sum_lambda = _state_entry(check_real, "sum_lambda", state_dict["sum_lambda"])
         starting = step == 0 and sum_lambda == config.initial_lambda
         if config.lambda_units == "absolute" and sum_lambda < config.lower and not starting:
             raise ValueError(
@@ -378,11 +368,9 @@ class SlimTik:
                 f"memory_depth={config.memory_depth} after {step} steps; expected equal counts "
                 "<= memory_depth and <= step"
             )
-        for r in raw_rows:
-            if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 0:
-                raise ValueError(
-                    f"state_dict 'rows' must hold non-negative ints, found {r!r} in {raw_rows!r}"
-                )
+        rows = tuple(
+            _state_entry(check_int, f"rows[{i}]", r, minimum=0) for i, r in enumerate(raw_rows)
+        )
         shape: tuple[int, ...] | None = None
         for i, g in enumerate(raw_grams):
             if not isinstance(g, Tensor):
@@ -407,9 +395,9 @@ class SlimTik:
         self.config = config
         self.state = SlimTikState(
             tuple(g.detach().clone() for g in raw_grams),
-            tuple(int(r) for r in raw_rows),
-            torch.tensor(float(sum_lambda), dtype=torch.float64),
-            int(step),
+            rows,
+            torch.tensor(sum_lambda, dtype=torch.float64),
+            step,
         )
         self.last_info = None
 
@@ -438,6 +426,16 @@ def _config_from_dict(data: Any) -> SlimTikConfig:
         return SlimTikConfig(**data)
     except (TypeError, ValueError) as error:
         raise ValueError(f"state_dict 'config' is invalid: {error}") from error
+
+
+def _state_entry(check: Callable[..., _T], key: str, value: object, **bounds: Any) -> _T:
+    """``check`` (a shared helper of :mod:`slimtrain._validation`) applied to a state dict entry,
+    a wrong type raised as ``ValueError`` too: :meth:`SlimTik.load_state_dict` raises
+    ``ValueError`` for every bad entry."""
+    try:
+        return check(f"state_dict {key!r}", value, **bounds)
+    except TypeError as error:
+        raise ValueError(str(error)) from error
 
 
 def _check_statistic(name: str, value: Tensor, inputs_finite: bool) -> None:
