@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev
 from torch.nn.utils.parametrizations import weight_norm
 
-import slimtrain.heads as heads_module
+import slimtrain.heads.transpose as transpose_module
 from slimtrain.heads import (
     ConvTranspose2dAdapter,
     HeadAdapter,
@@ -449,7 +449,8 @@ def test_auto_method_falls_back_to_gather_when_products_exceed_the_block(
     def no_correlation(*args: object) -> Tensor:
         raise RuntimeError("correlation path taken")
 
-    monkeypatch.setattr(heads_module, "window_gram_blocks", no_correlation)
+    # the transposed convolution's correlation path looks window_gram_blocks up in its module
+    monkeypatch.setattr(transpose_module, "window_gram_blocks", no_correlation)
     got = adapter.statistics(head, x, y, max_block_elements=10)
     torch.testing.assert_close(got.ztz, ref.ztz, rtol=1e-12, atol=1e-12)
     with pytest.raises(RuntimeError, match="correlation path taken"):
