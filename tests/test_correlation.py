@@ -78,3 +78,24 @@ def test_pairs_of_one_shift_share_one_group_and_mirrored_pairs_are_transposed() 
 def test_windows_of_different_sizes_cannot_pair() -> None:
     with pytest.raises(ValueError, match="different sizes"):
         plan_window_grams(((0, 0, 0, 2, 2), (0, 0, 0, 1, 2)), ((0, 1),), (3, 3))
+
+
+@settings(max_examples=40, deadline=None)
+@given(_problems(), st.integers(0, 2), st.integers(0, 2))
+def test_origin_places_maps_as_zero_padding_would(
+    problem: tuple[list[Tensor], tuple[Window, ...], list[Tensor], int], top: int, left: int
+) -> None:
+    """Windows over maps placed at ``origin`` equal products of windows of the padded maps."""
+    maps, windows, _, _ = problem
+    padded = [torch.nn.functional.pad(m, (left, 0, top, 0)) for m in maps]
+    # shift every window onto the padded maps' coordinates, some into the padding
+    moved = tuple((m, ay + top // 2, ax + left // 2, jy, jx) for m, ay, ax, jy, jx in windows)
+    pairs = tuple(
+        (t, u) for t in range(len(moved)) for u in range(len(moved))
+        if moved[t][3:] == moved[u][3:]
+    )
+    size = (max(m.shape[2] for m in padded) + 1, max(m.shape[3] for m in padded))
+    blocks = window_gram_blocks(maps, plan_window_grams(moved, pairs, size), (top, left))
+    for k, (t, u) in enumerate(pairs):
+        ref = torch.einsum("cnyx,dnyx->cd", _window(padded, moved[t]), _window(padded, moved[u]))
+        torch.testing.assert_close(blocks[k], ref, rtol=1e-12, atol=1e-12)

@@ -9,7 +9,9 @@ import numbers
 import torch
 from torch import Tensor
 
-__all__ = ["check_tensor", "check_finite", "check_same_device", "check_int", "check_real"]
+__all__ = [
+    "all_finite", "check_tensor", "check_finite", "check_same_device", "check_int", "check_real",
+]
 
 
 def check_tensor(name: str, x: object, ndim: int | None = None, floating: bool = True) -> Tensor:
@@ -25,8 +27,8 @@ def check_tensor(name: str, x: object, ndim: int | None = None, floating: bool =
     return x
 
 
-def check_finite(name: str, x: Tensor) -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or Inf, with their count.
+def all_finite(x: Tensor) -> bool:
+    """Whether every entry of ``x`` is finite (no NaN, no Inf).
 
     Fast path: a NaN or Inf anywhere makes the sum non-finite, so a finite sum proves every
     entry finite in one pass without allocating a mask (20x faster than the mask for 6.4M
@@ -34,10 +36,14 @@ def check_finite(name: str, x: Tensor) -> None:
     values) takes the entrywise check, which decides.
     """
     if x.is_floating_point() and math.isfinite(float(x.sum())):
-        return
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
+        return True
+    return bool(torch.isfinite(x).all())
+
+
+def check_finite(name: str, x: Tensor) -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or Inf, with their count (:func:`all_finite`)."""
+    if not all_finite(x):
+        bad = int((~torch.isfinite(x)).sum())
         raise ValueError(
             f"{name} must be finite, found {bad} NaN or Inf value(s) out of {x.numel()}"
         )

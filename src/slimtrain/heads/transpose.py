@@ -255,13 +255,15 @@ class ConvTranspose2dAdapter(Conv2dBase[nn.ConvTranspose2d]):
                 (size + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1
                 for i, size in enumerate((ho, wo))
             ]
-            x_ext = F.pad(x, (0, conv_out[1] - w, 0, conv_out[0] - h))
+            extend = (0, conv_out[1] - w, 0, conv_out[0] - h)
+            x_ext = F.pad(x, extend) if any(extend) else x
             x_cn = x.transpose(0, 1)  # (c_in, N, H, W)
+            left, _, top, _ = plan.pad  # non-negative (the windows' padding)
             per_sample = max(rhs.shape[1] * kk * conv_out[0] * conv_out[1],
                              c_in * shift.plan.size[0] * shift.plan.size[1])
             for chunk in sample_chunks(n, per_sample, max_block_elements):
-                maps = [F.pad(x_cn[:, chunk], plan.pad)]  # (c_in, n, Hp, Wp)
-                blocks = window_gram_blocks(maps, shift.plan)
+                # (c_in, n, H, W), padded by (top, left) where window_gram_blocks lays it out
+                blocks = window_gram_blocks([x_cn[:, chunk]], shift.plan, (top, left))
                 scatter_blocks(ztz, blocks, shift.columns, kk, c_in)
                 cross = conv2d_weight(
                     rhs[chunk], (c_in, rhs.shape[1], *kernel), x_ext[chunk], stride, padding,

@@ -156,7 +156,9 @@ def plan_window_grams(
     return WindowPlan(len(pairs), size, tuple(groups))
 
 
-def window_gram_blocks(maps: Sequence[Tensor], plan: WindowPlan) -> Tensor:
+def window_gram_blocks(
+    maps: Sequence[Tensor], plan: WindowPlan, origin: tuple[int, int] = (0, 0)
+) -> Tensor:
     r"""The requested Gram blocks :math:`G_{t t'}` ``(n_blocks, c, c)`` (module docstring).
 
     Positions are flattened (``p = y W + x`` on maps zero-extended to ``plan.size``), so a
@@ -168,10 +170,15 @@ def window_gram_blocks(maps: Sequence[Tensor], plan: WindowPlan) -> Tensor:
     Parameters
     ----------
     maps : sequence of Tensor
-        Feature maps ``(c, N, H_i, W_i)``, all with the same ``c``, ``N``, dtype and device,
-        ``H_i, W_i`` at most ``plan.size``. The sums are formed in their dtype.
+        Feature maps ``(c, N, H_i, W_i)``, all with the same ``c``, ``N``, dtype and device.
+        The sums are formed in their dtype.
     plan : WindowPlan
         From :func:`plan_window_grams` for these maps.
+    origin : (int, int)
+        Where each map's first row and column lie in the zero-extended grid of ``plan.size``
+        (``(top, left)`` zero padding the windows' coordinates include, placed in the one
+        copy that lays the maps out, instead of a padded copy of the maps); ``origin[0] + H_i``
+        and ``origin[1] + W_i`` at most ``plan.size``.
 
     Returns
     -------
@@ -185,7 +192,8 @@ def window_gram_blocks(maps: Sequence[Tensor], plan: WindowPlan) -> Tensor:
         # One copy into the zero-extended layout: bmm takes a permuted view slowly, but reads
         # the transposed view of a contiguous tensor as a transposed operand.
         hw = m.new_zeros(height, width, c, n)
-        hw[: m.shape[2], : m.shape[3]] = m.permute(2, 3, 0, 1)
+        top, left = origin
+        hw[top : top + m.shape[2], left : left + m.shape[3]] = m.permute(2, 3, 0, 1)
         first.append(hw.view(height * width, c, n))
         second.append(first[-1].transpose(1, 2))
     out = maps[0].new_empty(plan.n_blocks, c, c)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from slimtrain._threads import num_threads
 from slimtrain._validation import (
+    all_finite,
     check_finite,
     check_int,
     check_real,
@@ -440,7 +441,7 @@ def _state_entry(check: Callable[..., _T], key: str, value: object, **bounds: An
 
 def _check_statistic(name: str, value: Tensor, inputs_finite: bool) -> None:
     """Finite batch statistic, or a ValueError that tells an overflow from bad inputs."""
-    if bool(torch.isfinite(value).all()):
+    if all_finite(value):
         return
     bad = int((~torch.isfinite(value)).sum())
     what = {"ztz": "the Gram Z^T Z", "ztc": "the cross products Z^T C",
