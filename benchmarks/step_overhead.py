@@ -10,13 +10,20 @@ solve (eigh, sGCV, update, write-back of W) and the rest (validation, forward, b
 theta). The whole measurement is repeated ``--runs`` times; the table shows the median over the
 runs of each run's median step, and the range of the ratio over the runs.
 
+The steps alternate in blocks of ``--block`` consecutive steps per trainer (default 10): within a
+block each trainer's working set stays in the caches, as in training, while alternating blocks
+keeps both trainers under the same machine load. ``--block 1`` alternates single steps, which
+slows Adam's step by 6-10 % (the other trainer's cache footprint) and so understates the ratio
+(autoencoder 2.50 alternating single steps against 2.74-2.93 consecutive, in one process).
+
 ``--busy`` starts a neighbour process that runs a matrix-product loop for the whole
 measurement (and stops it at the end), to show the step beside a busy neighbour.
 ``--profile`` prints, per case, the top entries by self time of ``torch.profiler`` over a few
 slimTrain steps.
 
-Usage: ``python benchmarks/step_overhead.py [--steps N] [--runs R] [--device cpu|cuda]
-[--accumulate float32|float64] [--threads T] [--busy] [--profile] [--cases ...]``
+Usage: ``python benchmarks/step_overhead.py [--steps N] [--runs R] [--block B]
+[--device cpu|cuda] [--accumulate float32|float64] [--threads T] [--busy] [--profile]
+[--cases ...]``
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ def _run_case(
     accumulate: torch.dtype,
     device: torch.device,
     profile: bool,
+    block: int,
 ) -> dict[str, float]:
     """Median times (seconds) of one run: slim, adam and slimTrain's three parts."""
     torch.manual_seed(0)
@@ -75,18 +83,22 @@ def _run_case(
         adam.step(x, y)
     times: dict[str, list[float]] = {k: [] for k in ("slim", "adam", "statistics", "solve",
                                                      "rest")}
-    for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
-        slim.step(x, y)
-        _sync(device)
-        times["slim"].append(time.perf_counter() - start)
-        for part, value in slim.last_step_times.items():
-            times[part].append(value)
-        start = time.perf_counter()
-        adam.step(x, y)
-        _sync(device)
-        times["adam"].append(time.perf_counter() - start)
+    for first in range(0, steps, block):  # blocks of consecutive steps, alternating trainers
+        n = min(block, steps - first)
+        for _ in range(n):
+            _sync(device)
+            start = time.perf_counter()
+            slim.step(x, y)
+            _sync(device)
+            times["slim"].append(time.perf_counter() - start)
+            for part, value in slim.last_step_times.items():
+                times[part].append(value)
+        for _ in range(n):
+            _sync(device)
+            start = time.perf_counter()
+            adam.step(x, y)
+            _sync(device)
+            times["adam"].append(time.perf_counter() - start)
     if profile:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
@@ -124,6 +136,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3, help="repeat the measurement R times")
+    parser.add_argument("--block", type=int, default=10,
+                        help="consecutive steps per trainer before switching (1: alternate)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--accumulate", choices=["float32", "float64"], default="float64",
                         help="dtype of the head statistics (the solve is float64 always)")
@@ -136,6 +150,8 @@ def main() -> None:
                         help="substrings selecting cases, e.g. 'width 16' 'batch 5'")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.block < 1 or args.steps < 1 or args.runs < 1:
+        parser.error("--block, --steps and --runs must be at least 1")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch.cuda.is_available() is False")
     if args.threads is not None:
@@ -151,14 +167,15 @@ def main() -> None:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads; "
               f"statistics in {args.accumulate}; {args.runs} runs, median of {args.steps} "
-              f"steps each; busy neighbour: {'yes' if args.busy else 'no'}; "
+              f"steps each, in blocks of {args.block}; "
+              f"busy neighbour: {'yes' if args.busy else 'no'}; "
               f"load average {load:.2f}")
         print(f"{'case':<34} {'slim ms':>9} {'adam ms':>9} {'ratio':>6} {'ratio range':>13} | "
               f"{'stats ms':>8} {'solve ms':>8} {'rest ms':>8}")
         gen = torch.Generator().manual_seed(0)
         for name, build, x, y, steps in _cases(args.steps, gen, args.cases):
             runs = [_run_case(build, x, y, steps, accumulate, device,
-                              args.profile and r == 0) for r in range(args.runs)]
+                              args.profile and r == 0, args.block) for r in range(args.runs)]
             med = {k: 1e3 * statistics.median(r[k] for r in runs) for k in runs[0]}
             ratios = [r["slim"] / r["adam"] for r in runs]
             print(f"{name:<34} {med['slim']:>9.2f} {med['adam']:>9.2f} "
