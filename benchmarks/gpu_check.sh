@@ -3,8 +3,15 @@
 # skipped on CPU, the step and statistics benchmarks on CUDA, and a short autoencoder run.
 #
 # Usage (from the repository root): bash benchmarks/gpu_check.sh
-#   PYTHON   interpreter with slimtrain and a CUDA build of torch (default: .venv/bin/python if
-#            it exists, else python)
+#   PYTHON   interpreter with a CUDA build of torch (default: .venv/bin/python if it exists,
+#            else python3, else python); when it cannot import slimtrain, src/ is put on
+#            PYTHONPATH, so the package need not be installed there
+#   .whl/    wheels of pure-Python dependencies the GPU machine lacks (prodigyopt and
+#            schedulefree, for the autoencoder's baselines), installed into a temporary folder
+#            on PYTHONPATH when present. Prepare them here (the folder is git-ignored):
+#              python3 -m pip download --no-deps --only-binary=:all: -d .whl \
+#                prodigyopt==1.1.2 schedulefree==1.4.1
+#            and name .whl in the device tool's `carry`.
 #   OUT      folder for the outputs (default: gpu_check_out); every step's log is written there
 #   MNIST    MNIST IDX folder (default: the first of shared/data/mnist, ../shared/data/mnist,
 #            ../../shared/data/mnist;
@@ -14,7 +21,17 @@
 set -u
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python
+  elif command -v python3 >/dev/null; then PYTHON=python3
+  else PYTHON=python; fi
+fi
+if compgen -G ".whl/*.whl" >/dev/null; then
+  site=$(mktemp -d)
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl \
+    && export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if ! "$PYTHON" -c "import slimtrain" 2>/dev/null; then
+  export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 fi
 OUT=${OUT:-gpu_check_out}
 mkdir -p "$OUT"
@@ -48,13 +65,13 @@ else:
 '
 command -v nvidia-smi >/dev/null && nvidia-smi | tee "$OUT/nvidia-smi.log"
 
-# tests that need CUDA (skipped on CPU), with the skip reasons listed
+# tests that need CUDA (skipped on CPU; tests/test_device.py and the CUDA statistics of
+# tests/test_heads.py), with the skip reasons listed
 step cuda_tests 120 "$PYTHON" -m pytest tests -q -rs -k "cuda or gpu" -p no:cacheprovider
 step step_overhead 120 "$PYTHON" benchmarks/step_overhead.py --device cuda --runs 3 --steps 20
 step head_statistics 45 "$PYTHON" benchmarks/head_statistics.py --device cuda --repeats 21
 step head_statistics_w64 45 "$PYTHON" benchmarks/head_statistics.py --device cuda --width 64 \
   --repeats 11
-# --device for slimtik_step.py is being added in the linalg work; called as planned
 step slimtik_step 60 "$PYTHON" benchmarks/slimtik_step.py --device cuda --quick
 AE_DATA=()
 if [ -n "${MNIST:-}" ]; then AE_DATA=(--data "$MNIST"); fi
