@@ -36,7 +36,7 @@ EIGH_ROUTES = [
 ]
 
 
-def _tikhonov(rows: list[tuple[Tensor, Tensor]], lambda0: float, lambda_k: float,
+def _tikhonov(rows: list[tuple[Tensor, Tensor, int]], lambda0: float, lambda_k: float,
               W0: Tensor) -> Tensor:
     """``argmin sum_i 1/2 ||Zs_i W^T - Cs_i||^2 + L0/2 ||W - W0||^2 + (Lk - L0)/2 ||W||^2``
     (``reduction="mean"``: each batch scaled by ``1/sqrt(N)``), solved on the CPU from the
