@@ -82,6 +82,9 @@ CASES: dict[str, Case] = {
     ),
     "convt-k3-s3-p2-crop": _convt(2, 1, (4, 4), kernel_size=3, stride=3, padding=2),
     "convt-k2-s1-d3": _convt(2, 2, (3, 4), kernel_size=2, dilation=3),
+    # every output row sees only the bias: no tap pairs to scatter (crashed before)
+    "convt-bias-only-rows": _convt(3, 2, (3, 4), kernel_size=(2, 3), stride=(2, 1),
+                                   padding=(3, 0), dilation=(2, 3)),
 }
 
 # Every configuration is also checked against its autograd Jacobian.

@@ -64,6 +64,8 @@ def test_check_real_bounds_and_finiteness():
         check_real("x", False)
     with pytest.raises(ValueError, match="x must be finite, found nan"):
         check_real("x", float("nan"))
+    with pytest.raises(ValueError, match="x must be finite, found an integer beyond"):
+        check_real("x", 10**400)
     with pytest.raises(ValueError, match="x must be > 0.0, found 0.0"):
         check_real("x", 0.0, minimum=0.0, strict_minimum=True)
     assert check_real("x", 0.0, minimum=0.0) == 0.0

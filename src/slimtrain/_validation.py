@@ -90,7 +90,12 @@ def check_real(
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, found {value!r} ({type(value).__name__})")
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(
+            f"{name} must be finite, found an integer beyond the float range"
+        ) from None
     if not math.isfinite(result):
         raise ValueError(f"{name} must be finite, found {result}")
     if minimum is not None:

@@ -84,7 +84,12 @@ class ShiftPlan:
 def scatter_blocks(
     ztz: Tensor, blocks: Tensor, columns: Sequence[tuple[int, int]], kk: int, c: int
 ) -> None:
-    """Add block ``k`` ``(c, c)`` of tap columns ``(a, b)`` to ``ztz[c * kk + a, d * kk + b]``."""
+    """Add block ``k`` ``(c, c)`` of tap columns ``(a, b)`` to ``ztz[c * kk + a, d * kk + b]``.
+
+    No blocks (a transposed convolution whose every output row sees only the bias) add nothing.
+    """
+    if not columns:
+        return
     cols = torch.tensor(columns, device=ztz.device)  # (blocks, 2)
     channel = torch.arange(c, device=ztz.device) * kk
     rows = cols[:, 0, None, None] + channel[None, :, None]
