@@ -4,20 +4,24 @@
 #
 # Usage (from the repository root): bash benchmarks/gpu_check.sh
 #   PYTHON   interpreter with a CUDA build of torch (default: .venv/bin/python if it exists,
-#            else python3, else python); when it cannot import slimtrain, src/ is put on
-#            PYTHONPATH, so the package need not be installed there
+#            else python3, else python); src/ goes first on PYTHONPATH, so this working tree
+#            is what runs, installed there or not
 #   .whl/    wheels of pure-Python dependencies the GPU machine lacks (prodigyopt and
 #            schedulefree, for the autoencoder's baselines), installed into a temporary folder
 #            on PYTHONPATH when present. Prepare them here (the folder is git-ignored):
 #              python3 -m pip download --no-deps --only-binary=:all: -d .whl \
 #                prodigyopt==1.1.2 schedulefree==1.4.1
 #            and name .whl in the device tool's `carry`.
-#   OUT      folder for the outputs (default: gpu_check_out); every step's log is written there
+#   OUT      folder for the outputs (default: gpu_check_out): seven logs (versions with
+#            nvidia-smi, cuda_tests, step_overhead, head_statistics, head_statistics_w64,
+#            slimtik_step, autoencoder) and autoencoder_summary.json
 #   MNIST    MNIST IDX folder (default: the first of shared/data/mnist, ../shared/data/mnist,
 #            ../../shared/data/mnist;
 #            without one the autoencoder uses scikit-learn's bundled digits)
 # Nothing here downloads. Each step has its own time limit; a failing step is reported and the
-# script goes on, and exits non-zero at the end if any step failed.
+# script goes on, and exits non-zero at the end if any step failed. With the device tool: run
+# `bash benchmarks/gpu_check.sh` with carry [".whl"] and timeout_s 600 (the limits leave 30 s
+# for the set-up); the logs come back from $OUT.
 set -u
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON:-}" ]; then
@@ -27,12 +31,11 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 if compgen -G ".whl/*.whl" >/dev/null; then
   site=$(mktemp -d)
+  trap 'rm -rf "$site"' EXIT
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl \
     && export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-if ! "$PYTHON" -c "import slimtrain" 2>/dev/null; then
-  export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-gpu_check_out}
 mkdir -p "$OUT"
 if [ -z "${MNIST:-}" ]; then
@@ -63,7 +66,7 @@ if torch.cuda.is_available():
 else:
     raise SystemExit("no CUDA device visible to torch")
 '
-command -v nvidia-smi >/dev/null && nvidia-smi | tee "$OUT/nvidia-smi.log"
+command -v nvidia-smi >/dev/null && nvidia-smi | tee -a "$OUT/versions.log"
 
 # tests that need CUDA (skipped on CPU; tests/test_device.py and the CUDA statistics of
 # tests/test_heads.py), with the skip reasons listed
@@ -75,8 +78,12 @@ step head_statistics_w64 45 "$PYTHON" benchmarks/head_statistics.py --device cud
 step slimtik_step 60 "$PYTHON" benchmarks/slimtik_step.py --device cuda --quick
 AE_DATA=()
 if [ -n "${MNIST:-}" ]; then AE_DATA=(--data "$MNIST"); fi
+# its output folder lies outside $OUT (the device tool returns at most 8 files); its summary
+# comes back as the eighth file, beside the seven logs
+ae_out=$(mktemp -u -d)
 step autoencoder 120 "$PYTHON" -m slimtrain run autoencoder "${AE_DATA[@]}" --quick \
-  --device cuda --out "$OUT/autoencoder" --no-progress
+  --device cuda --out "$ae_out" --no-progress
+[ -f "$ae_out/summary.json" ] && cp "$ae_out/summary.json" "$OUT/autoencoder_summary.json"
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "FAILED: ${failed[*]}"

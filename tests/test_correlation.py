@@ -99,3 +99,10 @@ def test_origin_places_maps_as_zero_padding_would(
     for k, (t, u) in enumerate(pairs):
         ref = torch.einsum("cnyx,dnyx->cd", _window(padded, moved[t]), _window(padded, moved[u]))
         torch.testing.assert_close(blocks[k], ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("origin", [(-1, 0), (0, -1), (2, 0), (0, 2)])
+def test_origin_outside_the_grid_is_refused(origin: tuple[int, int]) -> None:
+    plan = plan_window_grams(((0, 0, 0, 2, 2),), ((0, 0),), (4, 5))
+    with pytest.raises(ValueError, match="does not fit the plan's 4 x 5 grid"):
+        window_gram_blocks([torch.randn(1, 1, 3, 4, dtype=torch.float64)], plan, origin)

@@ -36,6 +36,19 @@ EIGH_ROUTES = [
 ]
 
 
+def _spy_eigh(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Record the device type of every ``torch.linalg.eigh`` input from now on."""
+    seen: set[str] = set()
+    eigh = torch.linalg.eigh
+
+    def spy(A: Tensor, *args: object, **kwargs: object) -> object:
+        seen.add(A.device.type)
+        return eigh(A, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigh", spy)
+    return seen
+
+
 def _tikhonov(rows: list[tuple[Tensor, Tensor, int]], lambda0: float, lambda_k: float,
               W0: Tensor) -> Tensor:
     """``argmin sum_i 1/2 ||Zs_i W^T - Cs_i||^2 + L0/2 ||W - W0||^2 + (Lk - L0)/2 ||W||^2``
@@ -48,7 +61,10 @@ def _tikhonov(rows: list[tuple[Tensor, Tensor, int]], lambda0: float, lambda_k: 
 
 
 @pytest.mark.parametrize(("device", "cpu_eigh"), EIGH_ROUTES)
-def test_dense_solver_on_device_equals_whole_data_tikhonov(device: str, cpu_eigh: int) -> None:
+def test_dense_solver_on_device_equals_whole_data_tikhonov(
+    device: str, cpu_eigh: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eigh_devices = _spy_eigh(monkeypatch)
     gen = torch.Generator().manual_seed(3)
     p, t, sizes = 12, 3, [20, 30, 25, 15]
     W_true = torch.randn(t, p, generator=gen, dtype=f64)
@@ -64,11 +80,12 @@ def test_dense_solver_on_device_equals_whole_data_tikhonov(device: str, cpu_eigh
         rows.append((Z, C, n))
         torch.testing.assert_close(W.cpu(), _tikhonov(rows, 0.3, info.sum_lambda, W0),
                                    rtol=1e-8, atol=1e-9)
+    assert eigh_devices == {"cpu" if cpu_eigh else device}  # the route asked for was taken
 
 
 @pytest.mark.parametrize(("device", "cpu_eigh"), EIGH_ROUTES)
 def test_block_arrow_head_on_device_equals_tikhonov_of_the_explicit_rows(
-    device: str, cpu_eigh: int
+    device: str, cpu_eigh: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A strided ConvTranspose2d head with a bias: statistics by shift correlations and the
     block-arrow solve (four 16 x 16 phase blocks and the bias column) on the device."""
@@ -79,6 +96,7 @@ def test_block_arrow_head_on_device_equals_tikhonov_of_the_explicit_rows(
                      cpu_eigh_max_size=cpu_eigh)
     head_dev = copy.deepcopy(head).to(device)
     W0 = adapter.get_weight(head)
+    eigh_devices = _spy_eigh(monkeypatch)
     rows = []
     for _ in range(3):
         x = torch.randn(6, 4, 5, 5, dtype=f64)
@@ -92,6 +110,7 @@ def test_block_arrow_head_on_device_equals_tikhonov_of_the_explicit_rows(
         rows.append((Z, C, x.shape[0]))
         torch.testing.assert_close(W.cpu(), _tikhonov(rows, 0.3, info.sum_lambda, W0),
                                    rtol=1e-8, atol=1e-9)
+    assert eigh_devices == {"cpu" if cpu_eigh else device}  # the route asked for was taken
 
 
 def _train(device: str, network: str, steps: int = 3) -> tuple[Tensor, list[float]]:
@@ -99,6 +118,8 @@ def _train(device: str, network: str, steps: int = 3) -> tuple[Tensor, list[floa
     and the losses. A constant increment of Lambda: sGCV on the device is checked above
     against references, and a nearly flat sGCV curve could let rounding move its choice."""
     torch.manual_seed(0)
+    features: nn.Module
+    head: nn.Module
     if network == "cdr":
         features, head = cdr_network()
         x, y = torch.rand(32, 55, dtype=f64) * 2 - 1, torch.randn(32, 72, dtype=f64)

@@ -187,12 +187,19 @@ def window_gram_blocks(
     """
     c, n = int(maps[0].shape[0]), int(maps[0].shape[1])
     height, width = plan.size
+    top, left = origin
+    for m in maps:
+        if top < 0 or left < 0 or top + m.shape[2] > height or left + m.shape[3] > width:
+            raise ValueError(
+                f"a map of {int(m.shape[2])} x {int(m.shape[3])} placed at origin {origin} does "
+                f"not fit the plan's {height} x {width} grid; expected a non-negative origin "
+                "with origin + map size <= plan.size"
+            )
     first, second = [], []
     for m in maps:  # positions outermost: (H W, c, N), and its transpose (H W, N, c)
         # One copy into the zero-extended layout: bmm takes a permuted view slowly, but reads
         # the transposed view of a contiguous tensor as a transposed operand.
         hw = m.new_zeros(height, width, c, n)
-        top, left = origin
         hw[top : top + m.shape[2], left : left + m.shape[3]] = m.permute(2, 3, 0, 1)
         first.append(hw.view(height * width, c, n))
         second.append(first[-1].transpose(1, 2))
