@@ -85,20 +85,16 @@ def _run_case(
                                                      "rest")}
     for first in range(0, steps, block):  # blocks of consecutive steps, alternating trainers
         n = min(block, steps - first)
-        for _ in range(n):
-            _sync(device)
-            start = time.perf_counter()
-            slim.step(x, y)
-            _sync(device)
-            times["slim"].append(time.perf_counter() - start)
-            for part, value in slim.last_step_times.items():
-                times[part].append(value)
-        for _ in range(n):
-            _sync(device)
-            start = time.perf_counter()
-            adam.step(x, y)
-            _sync(device)
-            times["adam"].append(time.perf_counter() - start)
+        for name, trainer in (("slim", slim), ("adam", adam)):
+            for _ in range(n):
+                _sync(device)
+                start = time.perf_counter()
+                trainer.step(x, y)
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
+                if trainer is slim:
+                    for part, value in slim.last_step_times.items():
+                        times[part].append(value)
     if profile:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
