@@ -33,6 +33,8 @@ from slimtrain.problems.networks import autoencoder_network, cdr_network
 from slimtrain.training.distributed import (
     data_parallel,
     distributed_reducer,
+    end_process,
+    leave_process_group,
     stats_message_bytes,
 )
 
@@ -108,11 +110,14 @@ def _worker(rank: int, world: int, port: int, kind: str, batch: int, steps: int,
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
+    finished = False
     try:
         result = _run(rank, world, kind, batch, steps)
         torch.save(result, Path(out) / f"rank{rank}.pt")
+        finished = True
     finally:
-        dist.destroy_process_group()
+        leave_process_group(wait=finished)
+    end_process()  # not the interpreter's shutdown: see end_process
 
 
 def _free_port() -> int:

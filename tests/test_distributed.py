@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,13 @@ from torch import nn
 
 from slimtrain import SeparableModel, SlimTrain
 from slimtrain.heads import head_adapter
-from slimtrain.training.distributed import data_parallel, stats_message_bytes
+from slimtrain.training.distributed import (
+    data_parallel,
+    end_process,
+    launched_world_size,
+    leave_process_group,
+    stats_message_bytes,
+)
 
 STEPS = 4
 LOCAL = 12  # samples per rank and step
@@ -74,10 +82,13 @@ def _worker(rank: int, world: int, port: int, kind: str, out: str) -> None:
     torch.set_num_threads(1)  # two processes on a small machine: no OpenMP oversubscription
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
+    finished = False
     try:
         torch.save(_train(kind, world, rank), Path(out) / f"rank{rank}.pt")
+        finished = True
     finally:
-        dist.destroy_process_group()
+        leave_process_group(wait=finished)
+    end_process()  # not the interpreter's shutdown: see end_process
 
 
 
@@ -111,6 +122,7 @@ def _bad_shard_worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=30))
+    finished = False
     try:
         model = data_parallel(_model("linear"))
         trainer = SlimTrain(model, torch.optim.Adam(model.feature_parameters(), lr=1e-2),
@@ -135,8 +147,10 @@ def _bad_shard_worker(rank: int, world: int, port: int, out: str) -> None:
         torch.save({"message": message, "unchanged": unchanged,
                     "lambda_kept": trainer.solver.n_steps == 2 and lam_before > 0},
                    Path(out) / f"rank{rank}.pt")
+        finished = True
     finally:
-        dist.destroy_process_group()
+        leave_process_group(wait=finished)
+    end_process()  # not the interpreter's shutdown: see end_process
 
 
 @pytest.mark.timeout(120)
@@ -168,3 +182,47 @@ def test_misuse_under_a_process_group_is_caught(monkeypatch, caplog):
         trainer.step(*_data("linear", LOCAL))
     warnings = [r for r in caplog.records if "DistributedDataParallel" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_end_process_flushes_and_skips_the_interpreter_shutdown(tmp_path):
+    """The status is the one given, buffered output and log records are written, atexit
+    handlers (the interpreter's shutdown) do not run."""
+    log = tmp_path / "worker.log"
+    script = (
+        "import atexit, logging, sys\n"
+        "from slimtrain.training.distributed import end_process\n"
+        f"logging.basicConfig(filename={str(log)!r}, level=logging.INFO)\n"
+        "logging.getLogger('worker').info('all written')\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "sys.stdout.write('no newline yet')\n"
+        "end_process(3)\n"
+        "print('after end_process')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "no newline yet"
+    assert "all written" in log.read_text()
+
+
+@pytest.mark.parametrize(("code", "error"), [(256, ValueError), (-1, ValueError),
+                                             ("0", TypeError), (True, TypeError)])
+def test_end_process_refuses_a_bad_status_before_ending_anything(code, error):
+    with pytest.raises(error, match="code"):
+        end_process(code)  # still running: the check comes first
+
+
+@pytest.mark.parametrize(("value", "size"), [(None, 1), ("1", 1), ("4", 4)])
+def test_launched_world_size_reads_torchruns_variable(monkeypatch, value, size):
+    if value is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", value)
+    assert launched_world_size() == size
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", ""])
+def test_launched_world_size_refuses_a_bad_variable(monkeypatch, value):
+    monkeypatch.setenv("WORLD_SIZE", value)
+    with pytest.raises(ValueError, match=f"WORLD_SIZE must be a positive integer.*{value!r}"):
+        launched_world_size()

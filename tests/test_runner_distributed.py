@@ -198,6 +198,7 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
     torch.set_num_threads(1)  # two processes on a small machine: no OpenMP oversubscription
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
+    finished = False
     try:
         out = Path(folder)
         setup = make_setup("peaks", quick=True)
@@ -219,8 +220,10 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
         report["straight"] = _summary(straight["slimtrain"])
         report["resumed"] = _summary(resumed["slimtrain"])
         torch.save(report, out / f"rank{rank}.pt")
+        finished = True
     finally:
-        dist.destroy_process_group()
+        dist_utils.leave_process_group(wait=finished)
+    dist_utils.end_process()  # not the interpreter's shutdown: see end_process
 
 
 @pytest.mark.timeout(300)
@@ -272,13 +275,16 @@ def _every_method_worker(rank: int, world: int, port: int, folder: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
+    finished = False
     try:
         results = run_methods(_cdr64(), ALL_METHODS, _cdr_options())
         torch.save({m: {"val_loss": r.history.column("val_loss"),
                         "state": _plain_state(r.trainer.model)} for m, r in results.items()},
                    Path(folder) / f"rank{rank}.pt")
+        finished = True
     finally:
-        dist.destroy_process_group()
+        dist_utils.leave_process_group(wait=finished)
+    dist_utils.end_process()  # not the interpreter's shutdown: see end_process
 
 
 @pytest.fixture(scope="module")
@@ -328,6 +334,7 @@ def _nan_worker(rank: int, world: int, port: int, folder: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
+    finished = False
     try:
         torch.manual_seed(0)
         model = SeparableModel(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh()),
@@ -345,8 +352,10 @@ def _nan_worker(rank: int, world: int, port: int, folder: str) -> None:
         trainer.step(x, y)  # the processes are still in step
         report["state"] = _plain_state(model)
         torch.save(report, Path(folder) / f"rank{rank}.pt")
+        finished = True
     finally:
-        dist.destroy_process_group()
+        dist_utils.leave_process_group(wait=finished)
+    dist_utils.end_process()  # not the interpreter's shutdown: see end_process
 
 
 @pytest.mark.timeout(120)

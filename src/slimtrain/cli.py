@@ -185,7 +185,25 @@ def _launch(nproc: int, argv: Sequence[str], out: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``slimtrain`` console script and ``python -m slimtrain``."""
+    """Entry point of the ``slimtrain`` console script and ``python -m slimtrain``.
+
+    Returns the exit status. A process started by ``torchrun`` (``WORLD_SIZE`` above 1) ends
+    through :func:`~slimtrain.training.distributed.end_process` instead of returning, so
+    that a finished run cannot die in the interpreter's shutdown.
+    """
+    from slimtrain.training.distributed import end_process, launched_world_size
+
+    code = _main(argv)
+    try:
+        grouped = launched_world_size() > 1
+    except ValueError:  # a bad WORLD_SIZE: _main reported it, no group was formed
+        grouped = False
+    if grouped:
+        end_process(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

@@ -27,13 +27,16 @@ import functools
 import hashlib
 import logging
 import os
+import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from slimtrain._threads import threads_per_local_process
+from slimtrain._validation import check_int
 from slimtrain.linalg.stats import GramStats
 from slimtrain.linalg.structured import GramStructure, structure_zeros
 
@@ -47,8 +50,10 @@ __all__ = [
     "all_reduce_sums",
     "agree_batch_ok",
     "check_same_across_ranks",
+    "launched_world_size",
     "init_from_env",
     "leave_process_group",
+    "end_process",
     "data_parallel",
     "average_unwrapped_gradients",
 ]
@@ -188,6 +193,22 @@ def check_same_across_ranks(
         raise RuntimeError(f"{what} differs across ranks; the processes have diverged")
 
 
+def launched_world_size() -> int:
+    """The number of processes ``torchrun`` started: ``WORLD_SIZE``, 1 when it is not set.
+
+    Raises ``ValueError`` for a value that is not a positive integer.
+    """
+    value = os.environ.get("WORLD_SIZE", "1")
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ValueError(f"WORLD_SIZE must be a positive integer (torchrun sets it), "
+                         f"found {value!r}")
+    return size
+
+
 def init_from_env(device: str = "cpu") -> bool:
     """Initialise the default process group from torchrun's environment, if present.
 
@@ -197,7 +218,7 @@ def init_from_env(device: str = "cpu") -> bool:
     """
     if dist.is_initialized():
         return dist.get_world_size() > 1
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
+    if launched_world_size() <= 1:
         return False
     backend = "nccl" if device.startswith("cuda") else "gloo"
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -225,6 +246,37 @@ def leave_process_group(wait: bool = True) -> None:
     if wait:
         dist.barrier()
     dist.destroy_process_group()
+
+
+def end_process(code: int = 0) -> NoReturn:
+    """End a process of a process group once its work is done: flush, then ``os._exit``.
+
+    Call it last in a worker (a ``torchrun`` process, a ``torch.multiprocessing.spawn``
+    function), after :func:`leave_process_group` and after every result is written. It
+    flushes the standard streams and the logging handlers and ends the process with
+    ``code`` without the interpreter's shutdown, which can abort a finished run: the gloo
+    backend's worker threads outlive ``destroy_process_group`` while a
+    ``DistributedDataParallel`` module holds the group, and a worker that still has to
+    release a tensor of the last collective needs the GIL for it; if it gets the GIL while
+    the interpreter is finalizing, the thread is unwound inside a destructor and the process
+    dies of SIGABRT ("terminate called without an active exception", PyTorch 2.13), as a
+    process that exits while its peer still runs did in up to 11 of 75 runs on two cores
+    (``benchmarks/process_exit.py``; the README has the figures). ``os._exit`` ends every
+    thread at once. ``atexit`` handlers do not run.
+
+    Parameters
+    ----------
+    code : int
+        Exit status, 0 to 255.
+    """
+    code = check_int("code", code, minimum=0, maximum=255)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # closed or replaced streams
+            pass
+    logging.shutdown()
+    os._exit(code)
 
 
 def data_parallel(model: torch.nn.Module, **ddp_kwargs: object) -> torch.nn.Module:
