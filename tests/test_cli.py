@@ -33,6 +33,7 @@ from slimtrain.experiments.kernel import KernelOptions
 from slimtrain.experiments.runner import data_fingerprint
 from slimtrain.experiments.setups import make_setup
 from slimtrain.experiments.training import DataRunOptions, TrainingRunOptions
+from slimtrain.training import distributed
 
 pytestmark = pytest.mark.usefixtures("few_threads")
 
@@ -331,6 +332,37 @@ def test_nproc_checks_the_batch_before_launching(
     monkeypatch.setattr(cli.subprocess, "Popen", no_launch)
     assert run("run", "cdr", "--nproc", "2", "--out", str(tmp_path / "o")) == 2
     one_error_line(capsys, "--batch-size 5 is not divisible by --nproc 2")
+    assert not (tmp_path / "o").exists()
+
+
+class _Ended(Exception):
+    """Raised by the stand-in for end_process (the real one would end pytest)."""
+
+
+@pytest.mark.parametrize(("world", "ended"), [("2", True), ("1", False), ("two", False)])
+def test_a_torchrun_process_ends_through_end_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    world: str, ended: bool
+) -> None:
+    """Under torchrun (WORLD_SIZE above 1) the status goes to end_process instead of the
+    interpreter's exit, which can abort a finished gloo run; elsewhere main returns it."""
+    codes: list[int] = []
+
+    def fake_end_process(code: int) -> None:
+        codes.append(code)
+        raise _Ended
+
+    monkeypatch.setattr(distributed, "end_process", fake_end_process)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    argv = ("run", "cdr", "--nproc", "0", "--out", str(tmp_path / "o"))  # refused: status 2
+    if ended:
+        with pytest.raises(_Ended):
+            run(*argv)
+        assert codes == [2]
+    else:
+        assert run(*argv) == 2
+        assert codes == []
+    one_error_line(capsys, "--nproc must be >= 1, found 0")  # was run as --nproc 1
     assert not (tmp_path / "o").exists()
 
 

@@ -226,7 +226,8 @@ def _main(argv: Sequence[str] | None) -> int:
         resume = bool(getattr(args, "resume", False))
         if resume and args.out is None:
             raise ValueError("--resume continues the run in --out DIR; give --out")
-        nproc = getattr(args, "nproc", None) or 1
+        nproc = getattr(args, "nproc", None)
+        nproc = 1 if nproc is None else nproc  # not `or 1`: --nproc 0 is refused below
         if nproc < 1:
             raise ValueError(f"--nproc must be >= 1, found {nproc}")
         batch = getattr(getattr(options, "training", None), "batch_size", nproc)

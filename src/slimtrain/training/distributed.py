@@ -236,10 +236,11 @@ def leave_process_group(wait: bool = True) -> None:
     """Leave the default process group cleanly, if one exists.
 
     With ``wait=True`` (every rank finished its work) a barrier first lets rank 0 finish its
-    writes before any rank tears its connections down: a rank that exited while its peer still
-    held the group aborted in gloo's teardown now and then (exit code -6 under torchrun
-    although the run had finished). ``wait=False`` after an error skips the barrier, which a
-    rank that failed elsewhere would never reach.
+    writes before any rank tears its connections down. ``wait=False`` after an error skips the
+    barrier, which a rank that failed elsewhere would never reach. The barrier does not make
+    the process's exit safe: a rank that exits while its peer still runs can die of SIGABRT
+    in the interpreter's shutdown (exit code -6 under torchrun although the run had finished);
+    end the process with :func:`end_process`.
     """
     if not dist.is_initialized():
         return
