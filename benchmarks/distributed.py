@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import statistics
 import tempfile
 import time
@@ -34,6 +33,7 @@ from slimtrain.training.distributed import (
     data_parallel,
     distributed_reducer,
     end_process,
+    free_local_port,
     leave_process_group,
     stats_message_bytes,
 )
@@ -120,12 +120,6 @@ def _worker(rank: int, world: int, port: int, kind: str, batch: int, steps: int,
     end_process()  # not the interpreter's shutdown: see end_process
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
@@ -138,7 +132,7 @@ def main() -> None:
     for name, (kind, batch) in CASES.items():
         single = _run(0, 1, kind, batch, args.steps)
         with tempfile.TemporaryDirectory() as out:
-            mp.spawn(_worker, args=(2, _free_port(), kind, batch, args.steps,
+            mp.spawn(_worker, args=(2, free_local_port(), kind, batch, args.steps,
                                     max(1, threads // 2), out), nprocs=2, join=True)
             ranks = [torch.load(Path(out) / f"rank{r}.pt", weights_only=True) for r in range(2)]
         multi = max(r["step"] for r in ranks)

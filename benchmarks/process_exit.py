@@ -17,7 +17,6 @@ exception") counts as aborted. The endings:
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import time
 
@@ -26,7 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessExitedException
 
-from slimtrain.training.distributed import end_process, leave_process_group
+from slimtrain.training.distributed import end_process, free_local_port, leave_process_group
 
 ENDINGS = ("plain", "barrier", "end_process")
 
@@ -50,12 +49,6 @@ def _worker(rank: int, port: int, ending: str, lag_rank: int, lag: float) -> Non
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="runs per ending and lagging rank")
@@ -70,7 +63,7 @@ def main() -> None:
         for lag_rank in (0, 1):
             for _ in range(args.runs):
                 try:
-                    mp.spawn(_worker, args=(_free_port(), ending, lag_rank, args.lag),
+                    mp.spawn(_worker, args=(free_local_port(), ending, lag_rank, args.lag),
                              nprocs=2, join=True)
                 except ProcessExitedException as error:
                     if error.signal_name is None:

@@ -3,7 +3,6 @@ problems, and a temporary CDR cache."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,23 +10,19 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-
-def _unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from slimtrain.training.distributed import free_local_port
 
 
 @pytest.fixture
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (for ``init_process_group``)."""
-    return _unused_port()
+    return free_local_port()
 
 
 @pytest.fixture(scope="session")
 def new_port() -> Callable[[], int]:
     """``new_port()`` gives a port as :func:`free_port` does, for fixtures of a wider scope."""
-    return _unused_port
+    return free_local_port
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from slimtrain.heads import head_adapter
 from slimtrain.training.distributed import (
     data_parallel,
     end_process,
+    free_local_port,
     launched_world_size,
     leave_process_group,
     stats_message_bytes,
@@ -226,3 +228,10 @@ def test_launched_world_size_refuses_a_bad_variable(monkeypatch, value):
     monkeypatch.setenv("WORLD_SIZE", value)
     with pytest.raises(ValueError, match=f"WORLD_SIZE must be a positive integer.*{value!r}"):
         launched_world_size()
+
+
+def test_free_local_port_can_be_bound():
+    port = free_local_port()
+    assert 1024 <= port <= 65535
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # OSError (address in use) if it was not free

@@ -27,6 +27,7 @@ import functools
 import hashlib
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -50,6 +51,7 @@ __all__ = [
     "all_reduce_sums",
     "agree_batch_ok",
     "check_same_across_ranks",
+    "free_local_port",
     "launched_world_size",
     "init_from_env",
     "leave_process_group",
@@ -191,6 +193,18 @@ def check_same_across_ranks(
     dist.all_gather(gathered, mine, group=group)
     if any(not torch.equal(g, gathered[0]) for g in gathered):
         raise RuntimeError(f"{what} differs across ranks; the processes have diverged")
+
+
+def free_local_port() -> int:
+    """A TCP port on 127.0.0.1 that is free at the moment of the call.
+
+    For the ``init_method=f"tcp://127.0.0.1:{port}"`` of a group of processes on one machine
+    (``torch.multiprocessing.spawn``); another program may still take it before the group
+    binds it.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def launched_world_size() -> int:
